@@ -1,0 +1,51 @@
+# `make train` and `make test` do all set-up themselves on a fresh clone (see README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help install train smoke test test-full lint format clean clean-logs
+
+help: ## Show the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+		|| { echo "nowcast needs Python 3.10 or newer; found $$($(PYTHON) --version)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED) ## Create .venv and install nowcast with its dev tools
+
+train: $(INSTALLED) ## Set up, then train the default model on the synthetic set (ARGS=overrides)
+	$(BIN)/nowcast-train $(ARGS)
+
+smoke: $(INSTALLED) ## A training run of a few steps on a tiny model
+	$(BIN)/nowcast-train debug=fast $(ARGS)
+
+test: $(INSTALLED) ## Set up, then run the fast test suite
+	$(BIN)/pytest -m "not slow and not gpu" $(ARGS)
+
+test-full: $(INSTALLED) ## The whole test suite, slow tests included
+	$(BIN)/pytest -m "not gpu" $(ARGS)
+
+lint: $(INSTALLED) ## ruff lint and format check
+	$(BIN)/ruff check nowcast tests scripts
+	$(BIN)/ruff format --check nowcast tests scripts
+
+format: $(INSTALLED) ## ruff format and import sorting
+	$(BIN)/ruff check --fix nowcast tests scripts
+	$(BIN)/ruff format nowcast tests scripts
+
+clean-logs: ## Delete the run directories under logs/
+	rm -rf logs
+
+clean: ## Delete .venv and caches (keeps data/ and logs/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

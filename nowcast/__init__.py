@@ -1,0 +1,1 @@
+"""nowcast: precipitation nowcasting from weather-radar HDF5."""

@@ -1,0 +1,203 @@
+"""Window indices over a frame sequence, and train/val/test splits by blocks of time (NumPy only).
+
+A window is `n_in + n_out` consecutive frames: the first `n_in` are the model's inputs, the
+rest its targets. Windows are identified by the index of their first frame in the store.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+def make_windows(
+    times: np.ndarray,
+    *,
+    n_in: int,
+    n_out: int,
+    stride: int = 1,
+    minutes_per_frame: float,
+    events: np.ndarray | None = None,
+) -> np.ndarray:
+    """Start indices of the windows that lie inside runs of evenly spaced frames.
+
+    A window never spans a time gap (every step inside it must be exactly
+    `minutes_per_frame * 60` seconds) nor an event boundary (a change of event id). Within each
+    run of usable frames, starts are taken every `stride` frames from the run's first frame.
+
+    Args:
+        times: (T,) int64 seconds since 1970-01-01 UTC, strictly increasing.
+        n_in, n_out: input and target frames per window (both >= 1).
+        stride: frames between consecutive window starts (>= 1).
+        minutes_per_frame: the regular spacing of the frames.
+        events: optional (T,) event id per frame.
+
+    Returns:
+        (N,) int64 start indices, increasing; window k covers frames
+        `starts[k] : starts[k] + n_in + n_out`.
+
+    Raises:
+        ValueError: bad sizes, times not strictly increasing, or fewer frames than one window.
+
+    Examples:
+        Ten 5-minute frames with one missing frame after index 5 (a 10-minute step):
+
+        >>> times = np.array([0, 300, 600, 900, 1200, 1500, 2100, 2400, 2700, 3000, 3300])
+        >>> make_windows(times, n_in=2, n_out=1, minutes_per_frame=5)
+        array([0, 1, 2, 3, 6, 7, 8])
+        >>> make_windows(times, n_in=2, n_out=1, stride=2, minutes_per_frame=5)
+        array([0, 2, 6, 8])
+
+        Event ids cut windows too:
+
+        >>> events = np.array([1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2])
+        >>> make_windows(times, n_in=2, n_out=1, minutes_per_frame=5, events=events)
+        array([0, 1, 6, 7, 8])
+    """
+    times = np.asarray(times)
+    for name, value in (("n_in", n_in), ("n_out", n_out), ("stride", stride)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, Received: {name}={value}")
+    if not minutes_per_frame > 0:
+        raise ValueError(f"minutes_per_frame must be > 0, Received: {minutes_per_frame=}")
+    if times.ndim != 1 or not np.issubdtype(times.dtype, np.integer):
+        raise ValueError(
+            "times must be a 1-D integer array (seconds since 1970-01-01 UTC), "
+            f"Received: shape={times.shape}, dtype={times.dtype}"
+        )
+    length = n_in + n_out
+    if times.size < length:
+        raise ValueError(
+            f"fewer frames than one window: a window needs n_in + n_out = {length} frames, "
+            f"Received: {times.size} frames"
+        )
+    steps = np.diff(times)
+    if np.any(steps <= 0):
+        raise ValueError(f"times must be strictly increasing; step {steps.min()} s found")
+    # joined[i]: frames i and i+1 may sit in the same window.
+    joined = steps == minutes_per_frame * 60
+    if events is not None:
+        events = np.asarray(events)
+        if events.shape != times.shape:
+            raise ValueError(
+                f"events must have the shape of times {times.shape}, Received: {events.shape}"
+            )
+        joined &= events[1:] == events[:-1]
+    breaks = np.concatenate([[0], np.cumsum(~joined)])
+    candidates = np.arange(times.size - length + 1)
+    # No break between a window's first and last frame.
+    inside = breaks[candidates + length - 1] == breaks[candidates]
+    run_first = np.maximum.accumulate(
+        np.where(np.concatenate([[True], ~joined]), np.arange(times.size), 0)
+    )
+    on_stride = (candidates - run_first[candidates]) % stride == 0
+    return candidates[inside & on_stride].astype(np.int64)
+
+
+def _assign_blocks(n_blocks: int, fractions: dict[str, float]) -> np.ndarray:
+    """Split index (into SPLITS) of each block: each block goes to the largest deficit."""
+    targets = np.array([fractions[name] for name in SPLITS])
+    counts = np.zeros(len(SPLITS))
+    assignment = np.empty(n_blocks, dtype=np.int64)
+    for block in range(n_blocks):
+        # argmax returns the first maximum, so ties go to train, then val, then test.
+        chosen = int(np.argmax((block + 1) * targets - counts))
+        assignment[block] = chosen
+        counts[chosen] += 1
+    return assignment
+
+
+def split_windows(
+    times: np.ndarray,
+    starts: np.ndarray,
+    *,
+    window_length: int,
+    block_hours: float,
+    val_fraction: float,
+    test_fraction: float,
+) -> dict[str, np.ndarray]:
+    """Assign windows to train/val/test by contiguous blocks of time, so no splits share a frame.
+
+    Time is cut into blocks of `block_hours`, counted from `times[0]`. Blocks are dealt out in
+    time order: block k goes to the split whose deficit `(k + 1) * fraction - blocks_so_far`
+    is largest (ties: train, val, test). Every split thus holds blocks spread over the whole
+    period, val and test blocks interleave with train blocks, and after any number of blocks
+    each split is within one block of its share. A window whose frames fall in blocks of more
+    than one split is dropped, so no val or test window overlaps a training window.
+
+    Args:
+        times: (T,) int64 seconds since 1970-01-01 UTC of all frames.
+        starts: (N,) window start indices into `times` (from make_windows).
+        window_length: frames per window (n_in + n_out).
+        block_hours: length of a block of time (hours, > 0).
+        val_fraction, test_fraction: shares of the blocks, each in [0, 1), sum < 1.
+
+    Returns:
+        {"train", "val", "test"} -> int64 start indices, in the order of `starts`.
+
+    Raises:
+        ValueError: bad fractions, starts out of range, or a split with a positive fraction that
+            receives no window (too few blocks: use shorter blocks or more data).
+
+    Examples:
+        Ten 1-hour blocks of 12 frames (5 minutes apart), windows of 3 frames:
+
+        >>> times = np.arange(120) * 300
+        >>> starts = make_windows(times, n_in=2, n_out=1, minutes_per_frame=5)
+        >>> splits = split_windows(times, starts, window_length=3, block_hours=1,
+        ...                        val_fraction=0.2, test_fraction=0.2)
+        >>> {name: np.unique(times[s] // 3600).tolist() for name, s in splits.items()}
+        {'train': [0, 2, 4, 5, 7, 9], 'val': [1, 6], 'test': [3, 8]}
+
+        Windows that start in train block 0 and end in val block 1 (starts 10 and 11) are
+        dropped:
+
+        >>> [int(s) for s in starts[8:13] if s in splits["train"] or s in splits["val"]]
+        [8, 9, 12]
+    """
+    times = np.asarray(times)
+    starts = np.asarray(starts, dtype=np.int64)
+    if times.ndim != 1 or times.size == 0:
+        raise ValueError(f"times must be a non-empty 1-D array, Received: shape={times.shape}")
+    if not block_hours > 0:
+        raise ValueError(f"block_hours must be > 0, Received: {block_hours=}")
+    fractions = {"val": val_fraction, "test": test_fraction}
+    for name, value in fractions.items():
+        if not 0 <= value < 1:
+            raise ValueError(f"{name}_fraction must be in [0, 1), Received: {value}")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(
+            "val_fraction + test_fraction must be < 1 to leave blocks for training, "
+            f"Received: {val_fraction} + {test_fraction}"
+        )
+    fractions["train"] = 1.0 - val_fraction - test_fraction
+    if int(window_length) != window_length or window_length < 1:
+        raise ValueError(f"window_length must be an integer >= 1, Received: {window_length}")
+    if starts.ndim != 1:
+        raise ValueError(f"starts must be 1-D, Received: shape={starts.shape}")
+    if starts.size and (starts.min() < 0 or starts.max() + window_length > times.size):
+        raise ValueError(
+            f"windows must lie inside the {times.size} frames, Received: starts from "
+            f"{starts.min()} to {starts.max()} with window_length={window_length}"
+        )
+    block_seconds = block_hours * 3600.0
+    block_of_frame = ((times - times[0]) // block_seconds).astype(np.int64)
+    block_split = _assign_blocks(int(block_of_frame[-1]) + 1, fractions)
+    # changes[b]: number of split changes between block 0 and block b.
+    changes = np.concatenate([[0], np.cumsum(block_split[1:] != block_split[:-1])])
+    first = block_of_frame[starts]
+    last = block_of_frame[starts + window_length - 1]
+    whole = changes[first] == changes[last]
+    split_of_window = block_split[first]
+    result = {
+        name: starts[whole & (split_of_window == index)] for index, name in enumerate(SPLITS)
+    }
+    for name in SPLITS:
+        if fractions[name] > 0 and result[name].size == 0:
+            raise ValueError(
+                f"split {name!r} received no windows: {block_split.size} block(s) of "
+                f"{block_hours} h hold {starts.size} windows; use a smaller block_hours or "
+                "more frames"
+            )
+    return result

@@ -1,0 +1,262 @@
+"""Encoder-forecaster ConvLSTM network (Shi et al. 2017) on radar-echo sequences.
+
+Sequences are channels-last, (batch, time, height, width, channels), on the model's
+normalised scale (see nowcast.units); the output is on the same scale, float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import keras
+from keras import ops
+
+from nowcast.model.cell import ConvLSTM, _int_pair, _positive_int
+
+# The fields of nowcast.config.StageConfig.
+STAGE_KEYS = (
+    "filters",
+    "kernel_size",
+    "downsample_filters",
+    "downsample_kernel",
+    "downsample_stride",
+)
+
+
+def _checked_stages(stages) -> list[dict]:
+    """Plain-dict copies of `stages`, or a ValueError naming the offending stage and value."""
+    if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence) or not stages:
+        raise ValueError(f"`stages` must be a non-empty list of dicts. Received: {stages=!r}")
+    checked = []
+    for k, stage in enumerate(stages):
+        if not isinstance(stage, Mapping) or set(stage) != set(STAGE_KEYS):
+            raise ValueError(
+                f"stages[{k}] must be a dict with exactly the keys {list(STAGE_KEYS)}. "
+                f"Received: stages[{k}]={stage!r}"
+            )
+        plain = {key: stage[key] for key in STAGE_KEYS}
+        for key in ("filters", "downsample_filters", "downsample_kernel", "downsample_stride"):
+            _positive_int(plain[key], f"stages[{k}].{key}")
+        _int_pair(plain["kernel_size"], f"stages[{k}].kernel_size")
+        if plain["downsample_stride"] > plain["downsample_kernel"]:
+            raise ValueError(
+                f"stages[{k}].downsample_stride={plain['downsample_stride']} is larger than "
+                f"stages[{k}].downsample_kernel={plain['downsample_kernel']}: the strided "
+                "convolution would skip pixels and the transposed one would leave gaps."
+            )
+        checked.append(plain)
+    return checked
+
+
+@keras.saving.register_keras_serializable(package="nowcast")
+class EncoderForecaster(keras.Model):
+    """Shi et al. (2017) encoder-forecaster with fused-gate ConvLSTM stages.
+
+    Encoder, per stage k: a strided Conv2D (downsample) + LeakyReLU on every frame, then a
+    ConvLSTM; each stage's final state is kept. Forecaster, from the top stage down: the
+    ConvLSTM of stage k starts from the encoder's state of stage k and runs `n_out` steps
+    (the top stage with no input frames, the others on the upsampled output of the stage
+    above), then a Conv2DTranspose with stage k's downsample kernel and stride + LeakyReLU
+    brings the sequence back to stage k's input size. A 3x3 Conv2D(head_filters) + LeakyReLU
+    and a linear 1x1 Conv2D(out_channels) give the output frames.
+
+    The network is fully convolutional, so it takes any frame size that the product of the
+    downsample strides divides (a peephole model only the size it was built for), and any
+    input length: the forecast length is always `n_out`.
+
+    Args:
+        stages: One dict per stage with the keys of `nowcast.config.StageConfig`: filters,
+            kernel_size (ConvLSTM), downsample_filters, downsample_kernel, downsample_stride.
+        n_out: Number of frames forecast.
+        out_channels: Channels of each forecast frame.
+        head_filters: Filters of the last upsampling and of the 3x3 output convolution.
+        forget_bias, activation, peephole, layer_norm: as for `FusedConvLSTMCell`, for every
+            ConvLSTM.
+        conv_negative_slope: Slope of the LeakyReLU after each (transposed) convolution.
+        **kwargs: Base `keras.Model` arguments (name, dtype, ...).
+
+    Call arguments:
+        inputs: (batch, n_in, height, width, channels).
+        training: Passed to the layers.
+
+    Returns:
+        (batch, n_out, height, width, out_channels), float32 also under mixed precision.
+
+    Raises:
+        ValueError: on inconsistent stage settings, or frames whose height or width the
+            product of the strides does not divide.
+    """
+
+    def __init__(
+        self,
+        stages,
+        n_out,
+        out_channels=1,
+        head_filters=8,
+        forget_bias=1.0,
+        activation="tanh",
+        peephole=False,
+        layer_norm=False,
+        conv_negative_slope=0.2,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.stages = _checked_stages(stages)
+        self.n_out = _positive_int(n_out, "n_out")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.head_filters = _positive_int(head_filters, "head_filters")
+        self.forget_bias = forget_bias
+        self.activation = activation
+        self.peephole = peephole
+        self.layer_norm = layer_norm
+        if (
+            isinstance(conv_negative_slope, bool)
+            or not isinstance(conv_negative_slope, (int, float))
+            or conv_negative_slope < 0
+        ):
+            raise ValueError(
+                "`conv_negative_slope` must be a non-negative number. "
+                f"Received: {conv_negative_slope=!r}"
+            )
+        self.conv_negative_slope = float(conv_negative_slope)
+
+        def rnn(stage, name):
+            return ConvLSTM(
+                stage["filters"],
+                kernel_size=stage["kernel_size"],
+                forget_bias=forget_bias,
+                activation=activation,
+                peephole=peephole,
+                layer_norm=layer_norm,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
+        self.downsamplers = [
+            keras.layers.Conv2D(
+                stage["downsample_filters"],
+                stage["downsample_kernel"],
+                strides=stage["downsample_stride"],
+                padding="same",
+                dtype=self.dtype_policy,
+                name=f"encoder_conv_{k}",
+            )
+            for k, stage in enumerate(self.stages)
+        ]
+        self.encoder_rnns = [rnn(stage, f"encoder_rnn_{k}") for k, stage in enumerate(self.stages)]
+        self.forecaster_rnns = [
+            rnn(stage, f"forecaster_rnn_{k}") for k, stage in enumerate(self.stages)
+        ]
+        # Stage k's upsampling returns to stage k's input size with the channels that the
+        # forecaster stage below takes (the head's for stage 0).
+        self.upsamplers = [
+            keras.layers.Conv2DTranspose(
+                self.stages[k - 1]["filters"] if k else self.head_filters,
+                stage["downsample_kernel"],
+                strides=stage["downsample_stride"],
+                padding="same",
+                dtype=self.dtype_policy,
+                name=f"forecaster_deconv_{k}",
+            )
+            for k, stage in enumerate(self.stages)
+        ]
+        self.head = keras.layers.Conv2D(
+            self.head_filters, 3, padding="same", dtype=self.dtype_policy, name="head_conv"
+        )
+        # float32 whatever the policy: losses and metrics see full-precision forecasts.
+        self.output_conv = keras.layers.Conv2D(
+            self.out_channels, 1, dtype="float32", name="output_conv"
+        )
+
+    def _check_frame_size(self, height, width) -> None:
+        """Raise a ValueError naming the numbers if the strides do not divide a frame side."""
+        strides = [stage["downsample_stride"] for stage in self.stages]
+        total = math.prod(strides)
+        for side, size in (("height", height), ("width", width)):
+            if size is not None and size % total:
+                product = "*".join(map(str, strides))
+                per_stage = ", ".join(
+                    f"stages[{k}].downsample_stride={s}" for k, s in enumerate(strides)
+                )
+                raise ValueError(
+                    f"frame {side} {size} is not divisible by the product of the downsample "
+                    f"strides {product}={total} ({per_stage})."
+                )
+
+    def build(self, input_shape):
+        if len(input_shape) != 5 or input_shape[-1] is None:
+            raise ValueError(
+                "EncoderForecaster expects inputs of shape (batch, time, height, width, "
+                f"channels) with a known channel count. Received: input_shape={input_shape}"
+            )
+        height, width, channels = input_shape[2:]
+        self._check_frame_size(height, width)
+        for k, stage in enumerate(self.stages):
+            self.downsamplers[k].build((None, height, width, channels))
+            height, width = (
+                None if size is None else size // stage["downsample_stride"]
+                for size in (height, width)
+            )
+            self.encoder_rnns[k].build((None, None, height, width, stage["downsample_filters"]))
+            state = (None, height, width, stage["filters"])
+            if k + 1 < len(self.stages):
+                # The stage above upsamples to this stage's size and filters.
+                inputs = (None, None, height, width, stage["filters"])
+                self.forecaster_rnns[k].build(inputs_shape=inputs)
+            else:
+                self.forecaster_rnns[k].build(initial_state_shape=[state, state])
+            self.upsamplers[k].build(state)
+            channels = stage["filters"]
+        frame = (None, *input_shape[2:4])
+        self.head.build((*frame, self.head_filters))
+        self.output_conv.build((*frame, self.head_filters))
+
+    def _per_frame(self, fn, x):
+        """Apply `fn` to each frame of x (B, T, H, W, C) by folding time into the batch axis."""
+        steps = x.shape[1]
+        # (B, T, H, W, C) -> (B*T, H, W, C): one convolution call for all frames.
+        y = fn(ops.reshape(x, (-1, *ops.shape(x)[2:])))
+        # (B*T, H', W', C') -> (B, T, H', W', C')
+        return ops.reshape(y, (-1, steps, *ops.shape(y)[1:]))
+
+    def _leaky(self, x):
+        return ops.leaky_relu(x, negative_slope=self.conv_negative_slope)
+
+    def _output_frames(self, frames):
+        """(B*n_out, H_0, W_0, F_0) from forecaster stage 0 -> (B*n_out, H, W, out_channels)."""
+        frames = self._leaky(self.upsamplers[0](frames))
+        return self.output_conv(self._leaky(self.head(frames)))
+
+    def call(self, inputs, training=False):
+        self._check_frame_size(inputs.shape[2], inputs.shape[3])
+        x = inputs  # (B, T_in, H, W, C)
+        states = []
+        for downsample, rnn in zip(self.downsamplers, self.encoder_rnns, strict=True):
+            x = self._leaky(self._per_frame(downsample, x))  # (B, T_in, H_k, W_k, D_k)
+            x, state = rnn(x, training=training)  # (B, T_in, H_k, W_k, F_k)
+            states.append(state)
+        y = None  # the top forecaster stage has no input frames
+        for k in reversed(range(1, len(self.stages))):
+            y, _ = self.forecaster_rnns[k](
+                y, initial_state=states[k], steps=self.n_out, training=training
+            )  # (B, n_out, H_k, W_k, F_k)
+            y = self._leaky(self._per_frame(self.upsamplers[k], y))  # (B, n_out, H_k-1, ...)
+        y, _ = self.forecaster_rnns[0](
+            y, initial_state=states[0], steps=self.n_out, training=training
+        )
+        return self._per_frame(self._output_frames, y)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "stages": [dict(stage) for stage in self.stages],
+            "n_out": self.n_out,
+            "out_channels": self.out_channels,
+            "head_filters": self.head_filters,
+            "forget_bias": self.forget_bias,
+            "activation": self.activation,
+            "peephole": self.peephole,
+            "layer_norm": self.layer_norm,
+            "conv_negative_slope": self.conv_negative_slope,
+        }

@@ -1,0 +1,49 @@
+"""Shared fixtures: configs composed through Hydra's compose API, and one tiny synthetic store."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from nowcast.config import SyntheticConfig, config_dir, register_configs
+
+TINY_SYNTHETIC = SyntheticConfig(frames=288, height=32, width=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    """A day of 32x32 synthetic frames, written once per test session."""
+    from nowcast.data.synthetic import write_synthetic_store
+
+    return write_synthetic_store(tmp_path_factory.mktemp("data") / "tiny.h5", TINY_SYNTHETIC)
+
+
+@pytest.fixture
+def compose_config(tmp_path):
+    """Compose `configs/train.yaml` with every output redirected under tmp_path."""
+    register_configs()
+
+    def _compose(*overrides: str):
+        paths = [f"paths.output_dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}"]
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("train", overrides=[*paths, *overrides])
+        OmegaConf.resolve(cfg)
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def fast_config(compose_config, tiny_store):
+    """`debug=fast` on the session's tiny store."""
+
+    def _compose(*overrides: str):
+        return compose_config("debug=fast", f"data.path={tiny_store}", *overrides)
+
+    return _compose

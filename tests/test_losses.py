@@ -1,0 +1,68 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from nowcast.config import LossConfig, NormalisationConfig
+from nowcast.losses import LOSS_NAMES, PixelLoss, make_loss, rain_rate_weights
+from nowcast.units import rain_threshold_to_normalised
+
+
+def test_mse_and_mae_average_over_valid_pixels_only():
+    y_true = np.array([[0.2, np.nan, 0.6, 0.0]], "float32")
+    y_pred = np.array([[0.4, 0.9, 0.3, 0.1]], "float32")
+    errors = np.array([0.2, 0.3, 0.1])  # the NaN pixel is left out
+    mse = PixelLoss({"mse": 1.0})(y_true, y_pred)
+    mae = PixelLoss({"mae": 1.0})(y_true, y_pred)
+    np.testing.assert_allclose(float(mse), np.mean(errors**2), rtol=1e-6)
+    np.testing.assert_allclose(float(mae), np.mean(errors), rtol=1e-6)
+
+
+def test_terms_combine_with_their_coefficients():
+    y_true = np.array([[0.2, 0.5]], "float32")
+    y_pred = np.array([[0.0, 0.1]], "float32")
+    combined = PixelLoss({"mse": 2.0, "mae": 0.5})(y_true, y_pred)
+    expected = 2.0 * np.mean([0.04, 0.16]) + 0.5 * np.mean([0.2, 0.4])
+    np.testing.assert_allclose(float(combined), expected, rtol=1e-6)
+
+
+def test_balanced_weights_follow_the_rain_rate_intervals():
+    observation = np.array([0.0, 0.1, 0.2, 0.35, 0.5], "float32")
+    weights = rain_rate_weights(observation, thresholds=[0.1, 0.3], weights=[1.0, 2.0, 5.0])
+    np.testing.assert_array_equal(ops.convert_to_numpy(weights), [1, 2, 2, 5, 5])
+
+
+def test_balanced_mse_from_config_uses_mm_per_hour_thresholds():
+    norm = NormalisationConfig()
+    at_5 = rain_threshold_to_normalised(5.0, norm)
+    at_30 = rain_threshold_to_normalised(30.0, norm)
+    loss = make_loss(LossConfig(terms={"balanced_mse": 1.0}), norm)
+    # A pixel at 5 mm/h weighs 5 (interval 5-10 mm/h), one just above 30 mm/h weighs 30.
+    y_true = np.array([[0.0, at_5, at_30 + 1e-3]], "float32")
+    y_pred = y_true + 0.1
+    expected = (1.0 + 5.0 + 30.0) * 0.01 / 3
+    np.testing.assert_allclose(float(loss(y_true, y_pred)), expected, rtol=1e-4)
+
+
+def test_gradient_is_finite_with_no_data_targets():
+    y_true = keras.ops.convert_to_tensor(np.array([[np.nan, 0.5]], "float32"))
+    loss = PixelLoss({"balanced_mse": 1.0, "mae": 1.0}, [0.3], [1.0, 2.0])
+    import tensorflow as tf
+
+    y_pred = tf.Variable([[0.1, 0.2]])
+    with tf.GradientTape() as tape:
+        value = loss(y_true, y_pred)
+    grad = tape.gradient(value, y_pred).numpy()
+    assert np.all(np.isfinite(grad))
+    assert grad[0, 0] == 0.0 and grad[0, 1] < 0.0
+
+
+def test_unknown_loss_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="allowed: " + ", ".join(LOSS_NAMES)):
+        PixelLoss({"msee": 1.0})
+
+
+def test_loss_round_trips_through_its_config():
+    loss = PixelLoss({"balanced_mae": 1.0}, [0.3, 0.5], [1.0, 2.0, 5.0])
+    again = PixelLoss.from_config(loss.get_config())
+    assert again.terms == loss.terms and again.weights == loss.weights
