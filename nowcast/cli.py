@@ -40,7 +40,7 @@ def run_reporting_errors(task: Callable[[], object], errors: tuple = USER_ERRORS
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _train(cfg: DictConfig) -> None:
-    from nowcast.train import train  # TensorFlow loads here, after Hydra has checked the config
+    from nowcast.training import train  # TensorFlow loads here, after Hydra has checked the config
 
     result = run_reporting_errors(lambda: train(cfg))
     run_dir = result.run_dir

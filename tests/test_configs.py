@@ -6,7 +6,7 @@ from hydra.errors import ConfigCompositionException
 from nowcast.config import config_dir
 from nowcast.losses import make_loss
 from nowcast.model import build_model
-from nowcast.train import make_optimizer
+from nowcast.training import make_optimizer
 
 # Frame sizes that each model preset's strides divide (HKO-7: 5 * 3 * 2 = 30).
 FRAME_SIZE = {"convlstm_small": 32, "convlstm_hko7": 60, "convlstm_shi2015": 16}

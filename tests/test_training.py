@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from nowcast.train import train
+from nowcast.training import train
 
 
 def test_fast_run_writes_a_complete_run_directory(fast_config):
