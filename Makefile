@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train smoke test test-full lint format clean clean-logs
+.PHONY: help install train smoke evaluate plot test test-full lint format clean clean-logs bench
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,8 +26,20 @@ install: $(INSTALLED) ## Create .venv and install nowcast with its dev tools
 train: $(INSTALLED) ## Set up, then train the default model on the synthetic set (ARGS=overrides)
 	$(BIN)/nowcast-train $(ARGS)
 
+# The newest run directory under logs/train, unless RUN=<dir> is given.
+RUN ?= $(patsubst %/config.yaml,%,$(firstword $(shell ls -t logs/train/*/config.yaml 2>/dev/null)))
+
+evaluate: $(INSTALLED) ## Score the newest run (or RUN=<dir>) against persistence and optical flow
+	$(BIN)/nowcast-evaluate run=$(RUN) $(ARGS)
+
+plot: $(INSTALLED) ## Animate a forecast of the newest run (or RUN=<dir>) with its baselines
+	$(BIN)/nowcast-plot run=$(RUN) $(ARGS)
+
 smoke: $(INSTALLED) ## A training run of a few steps on a tiny model
 	$(BIN)/nowcast-train debug=fast $(ARGS)
+
+bench: $(INSTALLED) ## Fused ConvLSTM vs keras ConvLSTM2D: speed, FLOP use, pipeline (ARGS=flags)
+	$(BIN)/python scripts/benchmark.py --overwrite $(ARGS)
 
 test: $(INSTALLED) ## Set up, then run the fast test suite
 	$(BIN)/pytest -m "not slow and not gpu" $(ARGS)

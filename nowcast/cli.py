@@ -6,6 +6,7 @@ the problem and a non-zero exit. Set NOWCAST_DEBUG=1 to see the full traceback i
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -22,7 +23,12 @@ from nowcast.config import config_dir, register_configs
 
 log = logging.getLogger("nowcast")
 USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, ValueError)
-DATA_COMMANDS = ("synthetic",)
+DATA_COMMANDS = {
+    "synthetic": "output=<store.h5> [frames=N] [seed=S] [height=H] [width=W] [overwrite=true]",
+    "convert": "format=<odim|knmi|sevir|store> input=<folder, glob or file> output=<store.h5> "
+    "[crop.height=H crop.width=W [crop.top=T crop.left=L]] [downsample=F] [overwrite=true]",
+    "info": "input=<store.h5>",
+}
 
 register_configs()
 
@@ -38,11 +44,62 @@ def run_reporting_errors(task: Callable[[], object], errors: tuple = USER_ERRORS
         sys.exit(2)
 
 
+def config_error_line(err: Exception) -> str:
+    """Hydra's or OmegaConf's config error in one line: the first line of its message and of
+    its cause (the rest, e.g. "append with +key", would hide a typo)."""
+    causes = [str(e) for e in (err, err.__cause__) if e is not None and str(e)]
+    line = ": ".join(cause.splitlines()[0].rstrip(".") for cause in causes)
+    # An unknown group option: Hydra lists the valid ones, indented, after "Available options".
+    listing = str(err).partition("Available options")[2].splitlines()[1:]
+    options = [name.strip() for name in itertools.takewhile(lambda s: s[:1] == "\t", listing)]
+    return f"{line}; options: {', '.join(options)}" if options else line
+
+
+def run_hydra_reporting_errors(main: Callable[[], None], command: str) -> None:
+    """Run a `@hydra.main` function; a config error (a key that does not exist, a value of the
+    wrong type, an unknown group option) becomes one line on stderr and exit status 2, as the
+    errors of `run_reporting_errors` do. HYDRA_FULL_ERROR=1 or NOWCAST_DEBUG=1 keep Hydra's
+    own report."""
+    if os.environ.get("HYDRA_FULL_ERROR") or os.environ.get("NOWCAST_DEBUG"):
+        main()
+        return
+    # Hydra re-raises its errors, instead of printing them in several lines, only with this.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as err:
+        print(
+            f"nowcast: error: {config_error_line(err)}; the valid keys and values: "
+            f"{command} --cfg job",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    except OSError as err:
+        if err.filename is None:
+            raise
+        # Most often the output folder (Hydra creates it before the task starts).
+        print(
+            f"nowcast: error: {err.filename}: {err.strerror}; check that the path exists and "
+            "is writable, or choose another output folder with hydra.run.dir=<dir>",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    finally:
+        del os.environ["HYDRA_FULL_ERROR"]
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _train(cfg: DictConfig) -> None:
-    from nowcast.training import train  # TensorFlow loads here, after Hydra has checked the config
+    from hydra.core.hydra_config import HydraConfig
 
-    result = run_reporting_errors(lambda: train(cfg))
+    # TensorFlow loads here, after Hydra has checked the config.
+    from nowcast.callbacks import NonFiniteLossError
+    from nowcast.training import resume_config, train
+
+    if not OmegaConf.is_missing(cfg, "resume"):
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+        cfg = run_reporting_errors(lambda: resume_config(cfg.resume, overrides))
+    result = run_reporting_errors(lambda: train(cfg), USER_ERRORS + (NonFiniteLossError,))
     run_dir = result.run_dir
     print(f"\nRun directory: {run_dir}")
     for name, what in [
@@ -50,35 +107,120 @@ def _train(cfg: DictConfig) -> None:
         ("model.keras", "final model"),
         ("checkpoints", "best.keras and last.keras"),
         ("tensorboard", f"TensorBoard logs (tensorboard --logdir {run_dir / 'tensorboard'})"),
-        ("metrics.csv", "losses per epoch"),
+        ("metrics.csv", "losses and learning rate per epoch"),
+        ("backup", f"training state (train on: nowcast-train resume={run_dir} trainer.epochs=N)"),
     ]:
         print(f"  {name:<12} {what}")
 
 
 def train_main() -> None:
     """`nowcast-train [group=option ...] [key=value ...]`."""
-    _train()
+    run_hydra_reporting_errors(_train, "nowcast-train")
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
+def _evaluate(cfg: DictConfig) -> None:
+    from nowcast.evaluation import evaluate  # TensorFlow loads here, after Hydra has checked
+
+    result = run_reporting_errors(lambda: evaluate(cfg))
+    print(f"\n{result.summary}\n\nEvaluation written to {result.output_dir}")
+    for name, what in [
+        ("metrics.json", "every score, the raw counts, and what was scored"),
+        ("*.csv", "scores per lead time: categorical.csv, continuous.csv"),
+        ("*.png", "CSI and HSS versus lead time: csi.png, hss.png"),
+    ]:
+        print(f"  {name:<12} {what}")
+
+
+def evaluate_main() -> None:
+    """`nowcast-evaluate run=<run_dir> [checkpoint=best|last|<path>] [split=test] [data=...]`."""
+    run_hydra_reporting_errors(_evaluate, "nowcast-evaluate")
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="plot")
+def _plot(cfg: DictConfig) -> None:
+    from nowcast.forecast import plot_run  # TensorFlow loads here, after Hydra has checked
+
+    result = run_reporting_errors(lambda: plot_run(cfg))
+    print(f"\n{result.summary}")
+
+
+def plot_main() -> None:
+    """`nowcast-plot run=<run_dir> [sample=<index or time>] [format=gif|mp4|png]`."""
+    run_hydra_reporting_errors(_plot, "nowcast-plot")
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
+def _predict(cfg: DictConfig) -> None:
+    from nowcast.forecast import predict  # TensorFlow loads here, after Hydra has checked
+
+    result = run_reporting_errors(lambda: predict(cfg))
+    print(f"\n{result.summary}")
+
+
+def predict_main() -> None:
+    """`nowcast-predict run=<run_dir> input=<folder of radar files or a store> [output=<file>]`."""
+    run_hydra_reporting_errors(_predict, "nowcast-predict")
+
+
+def _data_usage() -> str:
+    return "\n".join(
+        f"{'usage:' if k == 0 else '      '} nowcast-data {name} {arguments}"
+        for k, (name, arguments) in enumerate(DATA_COMMANDS.items())
+    )
+
+
+def _run_data_command(command: str, cfg: DictConfig) -> None:
+    """The library call behind each `nowcast-data` command; prints what it did."""
+    if command == "synthetic":
+        from nowcast.data.synthetic import write_synthetic_store
+
+        path = write_synthetic_store(Path(cfg.output).expanduser(), cfg, overwrite=cfg.overwrite)
+        print(f"Wrote {path}")
+    elif command == "convert":
+        from nowcast.data.convert import convert
+
+        result = convert(cfg)
+        skipped = f"; {result.duplicates} duplicate frames skipped" if result.duplicates else ""
+        print(
+            f"Wrote {result.path}: {result.frames} frames of {result.height} x {result.width} "
+            f"pixels, every {result.minutes_per_frame:g} min{skipped}"
+        )
+        print(f"Inspect it with: nowcast-data info input={result.path}")
+    else:
+        from nowcast.data.info import describe_store
+
+        print(describe_store(cfg.input))
 
 
 def data_main(argv: list[str] | None = None) -> None:
-    """`nowcast-data synthetic output=<store.h5> [frames=N] [seed=S] [overwrite=true]`."""
+    """`nowcast-data {synthetic,convert,info} key=value ...` (see DATA_COMMANDS)."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(_data_usage())
+        return
     if not argv or argv[0] not in DATA_COMMANDS:
+        print(_data_usage(), file=sys.stderr)
+        sys.exit(2)
+    command, overrides = argv[0], argv[1:]
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    def compose_command() -> DictConfig:
+        try:
+            return compose(f"data_command/{command}", overrides=overrides)
+        except (HydraException, OmegaConfBaseException) as err:
+            raise ValueError(f"{config_error_line(err)} (usage: nowcast-data --help)") from None
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = run_reporting_errors(compose_command)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
         print(
-            f"usage: nowcast-data {{{','.join(DATA_COMMANDS)}}} output=<store.h5> [key=value ...]",
+            f"nowcast: error: nowcast-data {command} needs "
+            f"{', '.join(f'{key}=' for key in missing)}; "
+            f"usage: nowcast-data {command} {DATA_COMMANDS[command]}",
             file=sys.stderr,
         )
         sys.exit(2)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = run_reporting_errors(
-            lambda: compose("data_command", overrides=argv[1:]),
-            (HydraException, OmegaConfBaseException),
-        )
     OmegaConf.resolve(cfg)
-    from nowcast.data.synthetic import write_synthetic_store
-
-    path = run_reporting_errors(
-        lambda: write_synthetic_store(Path(cfg.output), cfg, overwrite=cfg.overwrite)
-    )
-    print(f"Wrote {path}")
+    run_reporting_errors(lambda: _run_data_command(command, cfg))

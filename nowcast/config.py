@@ -57,6 +57,14 @@ class SplitConfig:
 
 @dataclass
 class DataConfig:
+    """A store and how its windows are cut, selected, split and scaled (nowcast.data.pipeline).
+
+    Dry training windows: a pixel is wet at or above `wet_threshold` (store units: dBZ, or
+    VIL levels for SEVIR; 7 dBZ is 0.1 mm/h with Marshall-Palmer). Training windows whose mean
+    fraction of wet pixels is below `min_wet_fraction` are left out (`dry_weight` 0) or kept
+    with sample weight `dry_weight`. `augment` flips and rotates training windows at random.
+    """
+
     name: str = MISSING
     path: str = MISSING
     n_in: int = 5
@@ -65,6 +73,10 @@ class DataConfig:
     batch_size: int = 8
     shuffle_buffer: int = 256
     min_valid_fraction: float = 0.5
+    min_wet_fraction: float = 0.0
+    wet_threshold: float = 7.0
+    dry_weight: float = 0.0
+    augment: bool = False
     split: SplitConfig = field(default_factory=SplitConfig)
     normalisation: NormalisationConfig = field(default_factory=NormalisationConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -95,6 +107,8 @@ class ModelConfig:
     peephole: bool = False
     layer_norm: bool = False
     conv_negative_slope: float = 0.2
+    # fused (nowcast's ConvLSTM) | keras (keras.layers.ConvLSTM2D, for comparison).
+    recurrent: str = "fused"
 
 
 @dataclass
@@ -102,16 +116,25 @@ class LossConfig:
     """Weighted sum of named pixel losses on the normalised scale.
 
     `balanced_*` losses weight each pixel by the observed rain rate (Shi et al. 2017):
-    `weights[k]` applies from `thresholds_mmh[k-1]` up to `thresholds_mmh[k]`.
+    `weights[k]` applies from `thresholds_mmh[k-1]` up to `thresholds_mmh[k]`. `terms` is
+    empty here: OmegaConf merges dicts key by key, so a default term would stay in every option.
     """
 
-    terms: dict[str, float] = field(default_factory=lambda: {"mse": 1.0})
+    terms: dict[str, float] = field(default_factory=dict)
     thresholds_mmh: list[float] = field(default_factory=lambda: [2.0, 5.0, 10.0, 30.0])
     weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0])
 
 
 @dataclass
 class OptimizerConfig:
+    """Optimizer (adam | adamw) and learning-rate schedule (see nowcast.training.make_optimizer).
+
+    Schedules: `constant`; `cosine` decay to 0 over the run after `warmup_steps` of linear
+    warm-up; `step`, times `decay_rate` every `decay_steps` steps; `plateau`, times
+    `plateau_factor` when the validation loss has not improved for `plateau_patience` epochs,
+    down to `min_learning_rate`.
+    """
+
     name: str = "adam"
     learning_rate: float = 1e-3
     beta_1: float = 0.9
@@ -120,17 +143,35 @@ class OptimizerConfig:
     global_clipnorm: float | None = 1.0
     schedule: str = "constant"
     warmup_steps: int = 0
+    decay_steps: int = 20000
+    decay_rate: float = 0.7
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    min_learning_rate: float = 1e-6
 
 
 @dataclass
 class TrainerConfig:
+    """How `nowcast-train` runs (see nowcast.training and nowcast.distribute).
+
+    `precision`: auto | float32 | mixed_float16 | mixed_bfloat16, and `jit_compile` (XLA):
+    auto | true | false; `auto` picks what is fastest on the device found. `strategy`:
+    auto | one_device | mirrored | multi_worker (tf.distribute); `data.batch_size` is the global
+    batch, split across replicas. `backup_every_steps`: also back up the training state every
+    so many steps within an epoch, so an interrupted run resumes mid-epoch (0: epoch ends only).
+    `image_samples`: validation windows whose forecasts go to TensorBoard every epoch.
+    """
+
     epochs: int = 10
     steps_per_epoch: int | None = None
     validation_steps: int | None = None
     seed: int = 0
-    precision: str = "float32"
-    jit_compile: bool = False
+    precision: str = "auto"
+    jit_compile: str = "auto"
+    strategy: str = "auto"
     early_stopping_patience: int | None = None
+    backup_every_steps: int = 100
+    image_samples: int = 2
     verbose: int = 1
 
 
@@ -148,13 +189,146 @@ class TrainConfig:
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
     paths: PathsConfig = MISSING
+    # A run directory to continue, with the config saved in it (see nowcast.training);
+    # unset (???) for a new run.
+    resume: str = MISSING
 
 
 @dataclass
-class DataCommandConfig(SyntheticConfig):
+class SyntheticCommandConfig(SyntheticConfig):
     """`nowcast-data synthetic output=<store.h5> [frames=N] [seed=S] ...`."""
 
     output: str = MISSING
+    overwrite: bool = False
+
+
+@dataclass
+class CropConfig:
+    """A pixel window of the source grid (row 0 at the top); null top/left centre it.
+
+    Null height/width keep the whole extent along that axis.
+    """
+
+    top: int | None = None
+    left: int | None = None
+    height: int | None = None
+    width: int | None = None
+
+
+@dataclass
+class ConvertCommandConfig:
+    """`nowcast-data convert format=<odim|knmi|sevir|store> input=<...> output=<store.h5>`.
+
+    See nowcast.data.convert. `quantity` picks the ODIM/KNMI quantity to read (default: the
+    first known one in the file); `catalog` is SEVIR's CATALOG.csv (default: found next to or
+    above the input); `minutes_per_frame` is inferred from the timestamps when null. `zr_a`,
+    `zr_b` turn rain rates into dBZ, and dBZ into rain rates for block averaging.
+    """
+
+    format: str = MISSING
+    input: str = MISSING
+    output: str = MISSING
+    overwrite: bool = False
+    quantity: str | None = None
+    catalog: str | None = None
+    crop: CropConfig = field(default_factory=CropConfig)
+    downsample: int = 1
+    minutes_per_frame: float | None = None
+    zr_a: float = 200.0
+    zr_b: float = 1.6
+
+
+@dataclass
+class InfoCommandConfig:
+    """`nowcast-data info input=<store.h5>`."""
+
+    input: str = MISSING
+
+
+@dataclass
+class MetricsConfig:
+    """Verification settings, in physical units after de-normalising (see nowcast.metrics).
+
+    Reflectivity stores are scored as rain rates (mm/h), VIL stores in VIL levels; each has its
+    thresholds (HKO-7's ladder with 1 mm/h added; SEVIR's). Categorical scores are computed at
+    every threshold, the fractions skill score at one over square windows of `fss_scales` pixels.
+    """
+
+    thresholds_mmh: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 5.0, 10.0, 30.0])
+    fss_threshold_mmh: float = 1.0
+    thresholds_vil: list[float] = field(default_factory=lambda: [16, 74, 133, 160, 181, 219])
+    fss_threshold_vil: float = 133.0
+    fss_scales: list[int] = field(default_factory=lambda: [5, 20])
+
+
+@dataclass
+class EvaluateConfig:
+    """`nowcast-evaluate run=<run_dir> [checkpoint=best|last|<path>] [split=test] [data=...]`.
+
+    `data` is empty by default: the run's own windows (its split.json) are scored. Selecting a
+    data option scores another store, split by that option's settings; the window lengths and
+    normalisation always come from the run, since the model was trained on them.
+    """
+
+    run: str = MISSING
+    checkpoint: str = "best"
+    split: str = "test"
+    data: DataConfig | None = None
+    batch_size: int | None = None
+    baselines: list[str] = field(default_factory=lambda: ["persistence", "optical_flow"])
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    progress: bool = True
+    overwrite: bool = False
+    paths: PathsConfig = MISSING
+
+
+@dataclass
+class PlotConfig:
+    """`nowcast-plot run=<run_dir> [sample=<index or time>] [format=gif|mp4|png]`.
+
+    Draws one window of `split` (see nowcast.forecast.plot_run): `sample` is its index, or the
+    UTC time of its newest input frame (e.g. 2024-06-01T12:00); null picks the wettest.
+    `format`: gif or mp4 (an animation, plus a still) or png (the still alone). `units`: mm/h
+    or dBZ for reflectivity runs (null: mm/h). `evaluation`: where `nowcast-evaluate` wrote
+    metrics.json, for the skill plots. `data` selects another store, as for evaluate.
+    """
+
+    run: str = MISSING
+    checkpoint: str = "best"
+    split: str = "test"
+    data: DataConfig | None = None
+    sample: str | None = None
+    format: str = "gif"
+    units: str | None = None
+    baselines: list[str] = field(default_factory=lambda: ["persistence", "optical_flow"])
+    max_lead_times: int = 6
+    fps: float = 2.0
+    evaluation: str = MISSING
+    overwrite: bool = False
+    paths: PathsConfig = MISSING
+
+
+@dataclass
+class PredictConfig:
+    """`nowcast-predict run=<run_dir> input=<folder of radar files or a store> [output=<file>]`.
+
+    See nowcast.forecast.predict. `format`: the input's (odim, knmi, sevir, store; null:
+    recognised from the files), `quantity`: which ODIM/KNMI quantity to read. `output`: the
+    forecast file (null: nowcast_<issue time>.h5 in the current directory). `plot`: also
+    draw the forecast beside it, gif or mp4 (an animation, plus a still) or png. The model's
+    grid and time step come from `reference_store` (null: the store the run was trained on).
+    """
+
+    run: str = MISSING
+    input: str = MISSING
+    output: str | None = None
+    format: str | None = None
+    quantity: str | None = None
+    checkpoint: str = "best"
+    reference_store: str | None = None
+    plot: str | None = None
+    max_lead_times: int = 6
+    fps: float = 2.0
     overwrite: bool = False
 
 
@@ -162,7 +336,12 @@ def register_configs() -> None:
     """Put every schema into Hydra's ConfigStore; the YAML options extend them by name."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    store.store(name="data_command_schema", node=DataCommandConfig)
+    store.store(name="data_synthetic_schema", node=SyntheticCommandConfig)
+    store.store(name="data_convert_schema", node=ConvertCommandConfig)
+    store.store(name="data_info_schema", node=InfoCommandConfig)
+    store.store(name="evaluate_schema", node=EvaluateConfig)
+    store.store(name="plot_schema", node=PlotConfig)
+    store.store(name="predict_schema", node=PredictConfig)
     for group, schema in [
         ("data", DataConfig),
         ("model", ModelConfig),

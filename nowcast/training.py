@@ -8,36 +8,91 @@
     split.json              the window start times of each split
     checkpoints/best.keras  lowest validation loss so far
     checkpoints/last.keras  end of the latest epoch
-    backup/                 Keras BackupAndRestore state, to resume an interrupted run
+    backup/                 state.json + weights: where to continue an interrupted run
     model.keras             the model at the end of training
-    metrics.csv             per-epoch losses
-    tensorboard/            TensorBoard event files
+    metrics.csv             per-epoch losses and learning rate
+    tensorboard/            losses, learning rate, and forecast images of a few windows
+
+Resuming: calling `train` again on a run directory whose backup says it is unfinished continues
+from the backup (mid-epoch if it was taken mid-epoch): the weights, the optimizer state, the
+position in the window order, the running epoch means and the monitoring state of the plateau
+schedule, early stopping and best checkpoint. The training windows are read in an order fixed by
+the seed alone (`window_order`), so the continued run reads exactly the windows that the
+uninterrupted run would have, and ends with the same weights: bit for bit on CPU with the default
+settings (tests/test_training.py). Where kernels reduce in a varying order (GPUs), set
+TF_DETERMINISTIC_OPS=1 to keep that guarantee. With `data.augment` the windows are the same but
+their random flips restart their sequence, so the result differs as another seed would.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import logging
+import os
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from nowcast.data.pipeline import make_dataset, window_valid_fraction
+from nowcast.callbacks import (
+    AtomicModelCheckpoint,
+    ForecastImages,
+    LearningRateToLogs,
+    NonFiniteLossError,
+    StopOnNonFiniteLoss,
+    TrainingBackup,
+    TrainingState,
+)
+from nowcast.config import TrainConfig
+from nowcast.data.pipeline import input_batches, select_windows
 from nowcast.data.store import Store, open_store
 from nowcast.data.synthetic import write_synthetic_store
-from nowcast.data.windows import make_windows, split_windows
+from nowcast.distribute import (
+    check_global_batch,
+    distribute_windows,
+    is_chief,
+    make_strategy,
+    num_replicas,
+    resolve_jit_compile,
+    resolve_precision,
+)
+from nowcast.io import (
+    remove_temporary_files,
+    write_text_atomically,
+    written_atomically,
+)
 from nowcast.losses import make_loss
 from nowcast.model import build_model
 
 log = logging.getLogger(__name__)
 
+SCHEDULES = ("constant", "cosine", "step", "plateau")
+# What must not change when a run is continued: the windows and their order, the network,
+# the loss, and the optimizer variables stored in the backup.
+RUN_DEFINING_KEYS = (
+    "data",
+    "model",
+    "loss",
+    "optimizer.name",
+    "optimizer.schedule",
+    "trainer.seed",
+    "trainer.steps_per_epoch",
+)
+
 
 @dataclass
 class TrainResult:
+    """`history`: metric name -> one value per epoch of the whole run (earlier sessions' epochs
+    included when it was resumed)."""
+
     history: dict[str, list[float]]
     run_dir: Path
     model: keras.Model
@@ -49,6 +104,8 @@ def resolve_store(data_cfg: DictConfig) -> Path:
     Raises:
         FileNotFoundError: a store other than the synthetic one does not exist.
     """
+    if not str(data_cfg.path).strip():
+        raise ValueError("data.path is empty; set data.path=<store.h5>")
     path = Path(data_cfg.path).expanduser().absolute()
     if path.exists():
         return path
@@ -60,37 +117,6 @@ def resolve_store(data_cfg: DictConfig) -> Path:
     log.info("Writing the synthetic radar-echo set to %s", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_synthetic_store(path, data_cfg.synthetic)
-
-
-def split_store(store: Store, data_cfg: DictConfig) -> dict[str, np.ndarray]:
-    """Window start indices per split, leaving out windows that are mostly no-data."""
-    window_length = data_cfg.n_in + data_cfg.n_out
-    starts = make_windows(
-        store.times,
-        n_in=data_cfg.n_in,
-        n_out=data_cfg.n_out,
-        stride=data_cfg.stride,
-        minutes_per_frame=store.minutes_per_frame,
-        events=store.events,
-    )
-    valid = window_valid_fraction(store, starts, window_length)
-    starts = starts[valid >= data_cfg.min_valid_fraction]
-    splits = split_windows(
-        store.times,
-        starts,
-        window_length=window_length,
-        block_hours=data_cfg.split.block_hours,
-        val_fraction=data_cfg.split.val_fraction,
-        test_fraction=data_cfg.split.test_fraction,
-    )
-    for name, split_starts in splits.items():
-        if name != "test" and len(split_starts) < data_cfg.batch_size:
-            raise ValueError(
-                f"the {name} split of {store.path} has {len(split_starts)} windows, fewer than "
-                f"one batch (data.batch_size={data_cfg.batch_size}); use a longer store, "
-                "smaller data.split.block_hours or a smaller batch"
-            )
-    return splits
 
 
 def write_split(path: Path, store: Store, splits: dict[str, np.ndarray]) -> None:
@@ -106,14 +132,43 @@ def write_split(path: Path, store: Store, splits: dict[str, np.ndarray]) -> None
             for name, starts in splits.items()
         },
     }
-    path.write_text(json.dumps(record, indent=1))
+    write_text_atomically(path, json.dumps(record, indent=1))
+
+
+def window_order(n_windows: int, *, seed: int, count: int) -> np.ndarray:
+    """Indices of the first `count` training windows in the order the run reads them.
+
+    Pass after pass over the `n_windows` training windows, each pass in a new random order
+    drawn from `seed`. The order depends on nothing else, so a resumed run finds its place by
+    counting, and a longer run begins like a shorter one.
+
+    Returns:
+        (count,) int64 indices into the training windows.
+    """
+    rng = np.random.default_rng(seed)
+    passes = -(-count // n_windows)
+    return np.concatenate([rng.permutation(n_windows) for _ in range(passes)])[:count]
 
 
 def make_optimizer(opt_cfg: DictConfig, total_steps: int) -> keras.optimizers.Optimizer:
-    """Adam or AdamW with a constant or cosine learning rate and optional linear warm-up."""
-    if opt_cfg.schedule == "constant":
-        learning_rate = opt_cfg.learning_rate
-    elif opt_cfg.schedule == "cosine":
+    """Adam or AdamW with the configured learning-rate schedule (see OptimizerConfig).
+
+    `plateau` starts from a constant rate; the ReduceLROnPlateau callback of
+    `make_callbacks` lowers it.
+    """
+    if opt_cfg.schedule not in SCHEDULES:
+        raise ValueError(
+            f"unknown optimizer.schedule, allowed: {', '.join(SCHEDULES)}. "
+            f"Received: schedule={opt_cfg.schedule!r}"
+        )
+    if opt_cfg.warmup_steps and opt_cfg.schedule != "cosine":
+        raise ValueError(
+            "optimizer.warmup_steps is only used by the cosine schedule; set "
+            f"optimizer.warmup_steps=0 for schedule={opt_cfg.schedule}. "
+            f"Received: warmup_steps={opt_cfg.warmup_steps}"
+        )
+    learning_rate = opt_cfg.learning_rate
+    if opt_cfg.schedule == "cosine":
         warmup = min(opt_cfg.warmup_steps, total_steps - 1)
         learning_rate = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup else opt_cfg.learning_rate,
@@ -121,10 +176,9 @@ def make_optimizer(opt_cfg: DictConfig, total_steps: int) -> keras.optimizers.Op
             warmup_target=opt_cfg.learning_rate if warmup else None,
             warmup_steps=warmup,
         )
-    else:
-        raise ValueError(
-            f"unknown optimizer.schedule, allowed: constant, cosine. "
-            f"Received: schedule={opt_cfg.schedule!r}"
+    elif opt_cfg.schedule == "step":
+        learning_rate = keras.optimizers.schedules.ExponentialDecay(
+            opt_cfg.learning_rate, opt_cfg.decay_steps, opt_cfg.decay_rate, staircase=True
         )
     optimizers = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW}
     if opt_cfg.name not in optimizers:
@@ -142,77 +196,356 @@ def make_optimizer(opt_cfg: DictConfig, total_steps: int) -> keras.optimizers.Op
     )
 
 
-def make_callbacks(run_dir: Path, trainer_cfg: DictConfig) -> list[keras.callbacks.Callback]:
+def make_callbacks(
+    run_dir: Path,
+    cfg: DictConfig,
+    *,
+    state: TrainingState,
+    images: tuple[np.ndarray, np.ndarray] | None,
+    extra: Sequence[keras.callbacks.Callback] = (),
+) -> tuple[list[keras.callbacks.Callback], TrainingBackup]:
+    """The run's callbacks, writing under `run_dir`, in the order they must run; and the backup.
+
+    Args:
+        run_dir: where checkpoints, logs and backups go.
+        cfg: the run's config.
+        state: where the run starts (the backup carries its monitoring state over).
+        images: (inputs, targets) of the windows shown in TensorBoard, or None.
+        extra: more callbacks, run right after the non-finite guard.
+    """
+    trainer_cfg, opt_cfg = cfg.trainer, cfg.optimizer
+    monitors: dict[str, keras.callbacks.Callback] = {}
+    if opt_cfg.schedule == "plateau":
+        monitors["plateau"] = keras.callbacks.ReduceLROnPlateau(
+            factor=opt_cfg.plateau_factor,
+            patience=opt_cfg.plateau_patience,
+            min_lr=opt_cfg.min_learning_rate,
+            verbose=trainer_cfg.verbose,
+        )
+    if trainer_cfg.early_stopping_patience:
+        monitors["early_stopping"] = keras.callbacks.EarlyStopping(
+            patience=trainer_cfg.early_stopping_patience, verbose=trainer_cfg.verbose
+        )
+    # The guard runs first, so that nothing is saved once a loss is not finite.
+    callbacks = [StopOnNonFiniteLoss(), *extra, LearningRateToLogs(), *monitors.values()]
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ModelCheckpoint(str(checkpoints / "last.keras")),
-        keras.callbacks.ModelCheckpoint(str(checkpoints / "best.keras"), save_best_only=True),
+    monitors["best_checkpoint"] = AtomicModelCheckpoint(
+        str(checkpoints / "best.keras"), save_best_only=True
+    )
+    callbacks += [
+        AtomicModelCheckpoint(str(checkpoints / "last.keras")),
+        monitors["best_checkpoint"],
         keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=True),
-        keras.callbacks.TensorBoard(str(run_dir / "tensorboard")),
     ]
-    if trainer_cfg.early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                patience=trainer_cfg.early_stopping_patience, restore_best_weights=True
-            )
+    # Both write TensorBoard event files with tf.summary; other backends run without TensorFlow.
+    if keras.backend.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+        if images is not None:
+            callbacks.append(ForecastImages(run_dir / "tensorboard" / "forecasts", *images))
+    backup = TrainingBackup(
+        run_dir / "backup",
+        every_steps=trainer_cfg.backup_every_steps,
+        monitors=monitors,
+        state=state,
+    )
+    # The backup runs last: it records the other callbacks' state after the epoch's update.
+    return [*callbacks, backup], backup
+
+
+def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config saved in `run_dir`, with `key=value` overrides, to continue that run.
+
+    Raises:
+        FileNotFoundError: `run_dir` has no config.yaml (it is not a nowcast run directory).
+        ValueError: an override selects a config group option (`model=...`), which cannot be
+            applied to a saved config, or is not a `dotted.key=value`.
+    """
+    run_dir = Path(run_dir).expanduser().absolute()
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(
+            f"no config.yaml in {run_dir}: resume=<dir> takes the directory of a training run"
         )
-    return callbacks
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if "." not in key or not key.replace(".", "").replace("_", "").isalnum():
+            raise ValueError(
+                f"with resume=<dir>, the config comes from {saved}; only key=value overrides "
+                f"such as trainer.epochs=20 apply to it. Received: {override!r}"
+            )
+    schema = OmegaConf.structured(TrainConfig)
+    cfg = OmegaConf.merge(schema, OmegaConf.load(saved), OmegaConf.from_dotlist(list(overrides)))
+    cfg.paths.output_dir = str(run_dir)
+    return cfg
 
 
-def train(cfg: DictConfig) -> TrainResult:
-    """Train the configured model on the configured store; see the module docstring for outputs."""
-    data_cfg, trainer_cfg = cfg.data, cfg.trainer
+def _leaves(cfg: DictConfig, key: str) -> dict[str, object]:
+    """Dotted key -> resolved value of every leaf under `key` (or of `key` itself)."""
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, DictConfig):
+        return {key: value}
+    flat = {}
+    for name in value:
+        flat.update(_leaves(cfg, f"{key}.{name}"))
+    return flat
+
+
+def start_state(run_dir: Path, cfg: DictConfig) -> tuple[TrainingState, DictConfig | None]:
+    """Where training starts in `run_dir`: from scratch, or from the backup of an unfinished run.
+
+    Returns:
+        The state to start from, and the run's saved config when it is continued.
+
+    Raises:
+        FileExistsError: `run_dir` holds a finished run.
+        ValueError: `run_dir` holds an unfinished run with other settings (RUN_DEFINING_KEYS).
+    """
+    state = TrainingState.load(run_dir / "backup")
+    if state is None:
+        if (run_dir / "model.keras").exists():
+            raise FileExistsError(
+                f"{run_dir} already holds a trained model; choose another hydra.run.dir"
+            )
+        return TrainingState(), None
+    finished = state.stopped_early or state.epoch >= cfg.trainer.epochs
+    # A run interrupted after its last backup but before model.keras was written only needs
+    # that file: it continues with no epochs left.
+    if finished and (run_dir / "model.keras").exists():
+        why = "stopped early" if state.stopped_early else f"trained its {state.epoch} epochs"
+        raise FileExistsError(
+            f"the run in {run_dir} has {why}; choose another hydra.run.dir"
+            + ("" if state.stopped_early else ", or raise trainer.epochs to train it further")
+        )
+    saved = OmegaConf.merge(
+        OmegaConf.structured(TrainConfig), OmegaConf.load(run_dir / "config.yaml")
+    )
+    before, now = {}, {}
+    for key in RUN_DEFINING_KEYS:
+        before.update(_leaves(saved, key))
+        now.update(_leaves(cfg, key))
+    changed = [
+        f"{key}: {before.get(key)} -> {now.get(key)}"
+        for key in sorted(before.keys() | now.keys())
+        if before.get(key) != now.get(key)
+    ]
+    if changed:
+        raise ValueError(
+            f"{run_dir} holds an unfinished run with other settings ({'; '.join(changed)}); "
+            "continue it with `nowcast-train resume=<dir>` or choose another hydra.run.dir"
+        )
+    log.info("Continuing the run in %s from epoch %d, step %d", run_dir, state.epoch, state.step)
+    return state, saved
+
+
+def _read_metrics(path: Path, epochs: int) -> dict[str, list[float]]:
+    """The rows of metrics.csv for the first `epochs` epochs, as name -> values."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as file:
+        rows = [row for row in csv.DictReader(file) if int(row["epoch"]) < epochs]
+    names = [name for name in (rows[0] if rows else {}) if name != "epoch"]
+    return {name: [float(row[name]) for row in rows] for name in names}
+
+
+def _truncate_metrics(path: Path, epochs: int) -> None:
+    """Keep the rows of the first `epochs` epochs, atomically.
+
+    metrics.csv is a log that Keras' CSVLogger appends a row to at every epoch end. An
+    interrupted run may have logged epochs after its backup (they are trained again) and, if it
+    was killed mid-write, a torn last row; both are dropped before the run continues.
+    """
+    if not path.is_file():
+        return
+    with path.open(newline="") as file:
+        lines = list(csv.reader(file))
+    if not lines:
+        path.unlink()
+        return
+    kept = lines[:1] + [
+        row
+        for row in lines[1:]
+        if len(row) == len(lines[0]) and row[0].isdigit() and int(row[0]) < epochs
+    ]
+    with written_atomically(path) as temporary, temporary.open("w", newline="") as file:
+        csv.writer(file).writerows(kept)
+
+
+def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+    """Train the configured model on the configured store; see the module docstring.
+
+    Under MultiWorkerMirroredStrategy every worker runs this with the same config; the chief
+    writes the run directory, the other workers write the same files to a temporary directory
+    (saving is a collective operation there, so every worker must save), which is removed.
+
+    Args:
+        cfg: a composed `train` config.
+        callbacks: more Keras callbacks, run after the non-finite guard and before the
+            run's own.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite; the checkpoints and the backup
+            are those of the last good state.
+    """
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow does any other work.
+    strategy = make_strategy(cfg.trainer.strategy)
     run_dir = Path(cfg.paths.output_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(trainer_cfg.seed)
-    keras.mixed_precision.set_global_policy(trainer_cfg.precision)
+    state, saved_cfg = start_state(run_dir, cfg)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(resolve_precision(cfg.trainer.precision))
+    try:
+        with contextlib.ExitStack() as stack:
+            if strategy is not None:
+                stack.enter_context(strategy.scope())
+            write_dir = run_dir
+            if not is_chief(strategy):
+                write_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            model, history = _fit(cfg, write_dir, state, saved_cfg, strategy, callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    # Earlier sessions' epochs of a resumed run, from the chief's log.
+    earlier = _read_metrics(run_dir / "metrics.csv", state.epoch)
+    for name, values in history.items():
+        earlier.setdefault(name, [])[state.epoch :] = values
+    return TrainResult(history=earlier, run_dir=run_dir, model=model)
 
+
+def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
+    """Train from `state`, writing under `run_dir`; returns the model and this session's epochs."""
+    data_cfg, trainer_cfg = cfg.data, cfg.trainer
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "backup"):
+        for leftover in remove_temporary_files(folder):
+            log.info("Removed %s, left by an interrupted write", leftover)
+    keras.utils.set_random_seed(trainer_cfg.seed)
+    check_global_batch(data_cfg.batch_size, num_replicas(strategy))
     store_path = resolve_store(data_cfg)
     with open_store(store_path) as store:
-        splits = split_store(store, data_cfg)
+        selection = select_windows(store, data_cfg)
+        splits = selection.starts
         write_split(run_dir / "split.json", store, splits)
         height, width = store.shape[1:]
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    _truncate_metrics(run_dir / "metrics.csv", state.epoch)
     log.info("Windows per split: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
-    def dataset(split: str, training: bool):
-        return make_dataset(
+    def windows(starts, batch_size, *, weights=None, training=False):
+        # In the given order: training windows come in `window_order`.
+        return input_batches(
             store_path,
-            splits[split],
+            starts,
             n_in=data_cfg.n_in,
             n_out=data_cfg.n_out,
-            batch_size=data_cfg.batch_size,
+            batch_size=batch_size,
             norm=data_cfg.normalisation,
-            shuffle=training,
             seed=trainer_cfg.seed,
-            shuffle_buffer=data_cfg.shuffle_buffer,
-            repeat=training,
             drop_remainder=training,
+            weights=weights,
+            augment=data_cfg.augment and training,
         )
 
-    steps_per_epoch = trainer_cfg.steps_per_epoch or len(splits["train"]) // data_cfg.batch_size
-    validation = dataset("val", training=False)
-    if trainer_cfg.validation_steps:
-        # The same first batches every epoch, so validation losses compare across epochs.
-        validation = validation.take(trainer_cfg.validation_steps)
+    batch = data_cfg.batch_size
+    steps_per_epoch = trainer_cfg.steps_per_epoch or len(splits["train"]) // batch
+    total_steps = steps_per_epoch * trainer_cfg.epochs
+    # (steps, batch) indices into the training windows, in the order they are trained on.
+    order = window_order(len(splits["train"]), seed=trainer_cfg.seed, count=total_steps * batch)
+    order = order.reshape(total_steps, batch)
+
+    def training_data(first_step: int):
+        def read(indices: np.ndarray, batch_size: int):
+            weights = selection.train_weights
+            weights = None if weights is None else weights[indices]
+            return windows(splits["train"][indices], batch_size, weights=weights, training=True)
+
+        return distribute_windows(strategy, order[first_step:], read)
+
+    # With validation_steps, the same first batches every epoch, so losses compare across epochs.
+    validation_count = (trainer_cfg.validation_steps or len(splits["val"])) * batch
+    validation = windows(splits["val"][:validation_count], batch)
+    images = None
+    if trainer_cfg.image_samples and keras.backend.backend() == "tensorflow":
+        samples = splits["val"][: trainer_cfg.image_samples]
+        inputs, targets = next(iter(windows(samples, len(samples))))
+        images = (keras.ops.convert_to_numpy(inputs), keras.ops.convert_to_numpy(targets))
+
     model = build_model(cfg.model, n_out=data_cfg.n_out, input_shape=(height, width, 1))
     model.summary(print_fn=log.info)
     model.compile(
-        optimizer=make_optimizer(cfg.optimizer, steps_per_epoch * trainer_cfg.epochs),
+        optimizer=make_optimizer(cfg.optimizer, total_steps),
         loss=make_loss(cfg.loss, data_cfg.normalisation),
-        jit_compile=trainer_cfg.jit_compile,
+        jit_compile=resolve_jit_compile(trainer_cfg.jit_compile),
     )
-    history = model.fit(
-        dataset("train", training=True),
-        validation_data=validation,
-        epochs=trainer_cfg.epochs,
-        steps_per_epoch=steps_per_epoch,
-        shuffle=False,  # the dataset shuffles itself, with the run's seed
-        callbacks=make_callbacks(run_dir, trainer_cfg),
-        verbose=trainer_cfg.verbose,
+    log.info(
+        "Precision %s, XLA %s, %d replica(s) with %s",
+        keras.mixed_precision.global_policy().name,
+        "on" if model.jit_compile else "off",
+        num_replicas(strategy),
+        type(strategy).__name__ if strategy is not None else "the default strategy",
     )
-    model.save(run_dir / "model.keras")
-    return TrainResult(history=history.history, run_dir=run_dir, model=model)
+    if state.weights:
+        _restore(model, Path(cfg.paths.output_dir).absolute() / "backup" / state.weights)
+        model.stop_training = state.stopped_early
+        rate = cfg.optimizer.learning_rate
+        if (
+            cfg.optimizer.schedule in ("constant", "plateau")
+            and saved_cfg.optimizer.learning_rate != rate
+        ):
+            # The backup holds the rate as an optimizer variable; a rate set anew wins.
+            model.optimizer.learning_rate = rate
+
+    callbacks, backup = make_callbacks(
+        run_dir, cfg, state=state, images=images, extra=extra_callbacks
+    )
+    history: dict[str, list[float]] = {}
+    # An interrupted epoch is finished first, on its own, then the remaining epochs.
+    segments = [(state.epoch, state.epoch + 1, state.step)] if state.step else []
+    segments.append((state.epoch + bool(state.step), trainer_cfg.epochs, 0))
+    try:
+        for first_epoch, end_epoch, step in segments:
+            if first_epoch >= end_epoch or getattr(model, "stop_training", False):
+                continue
+            backup.start(first_epoch, step, steps_per_epoch)
+            fitted = model.fit(
+                training_data(first_epoch * steps_per_epoch + step),
+                validation_data=validation,
+                initial_epoch=first_epoch,
+                epochs=end_epoch,
+                steps_per_epoch=steps_per_epoch - step,
+                shuffle=False,  # the windows come in `window_order`
+                callbacks=callbacks,
+                verbose=trainer_cfg.verbose,
+            )
+            for name, values in fitted.history.items():
+                history.setdefault(name, []).extend(float(v) for v in values)
+    except NonFiniteLossError as err:
+        saved = backup.state
+        raise NonFiniteLossError(
+            f"training stopped: {err}. The checkpoints and the backup (after {saved.epoch} "
+            f"epochs and {saved.step} steps) in {cfg.paths.output_dir} hold the last good state; "
+            "continue from it with a lower rate: "
+            "nowcast-train resume=<dir> optimizer.learning_rate=<lower>"
+        ) from None
+    with written_atomically(run_dir / "model.keras") as temporary:
+        model.save(temporary)
+    return model, history
+
+
+def _restore(model: keras.Model, weights: Path) -> None:
+    """Load the backup's model and optimizer variables into the compiled model."""
+    model.optimizer.build(model.trainable_variables)
+    try:
+        with h5py.File(weights, "r"):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"the backup {weights} is truncated or corrupt ({err}); delete the run's backup "
+            "folder to train it again from the start, or choose another hydra.run.dir"
+        ) from None
+    try:
+        model.load_weights(weights)
+    except (ValueError, OSError) as err:
+        first_line = next((line for line in str(err).splitlines() if line.strip()), "")
+        raise ValueError(
+            f"the backup {weights} does not fit this model and optimizer ({first_line}); "
+            "continue the run with the settings it was started with"
+        ) from None

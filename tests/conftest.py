@@ -13,6 +13,19 @@ from omegaconf import OmegaConf
 from nowcast.config import SyntheticConfig, config_dir, register_configs
 
 TINY_SYNTHETIC = SyntheticConfig(frames=288, height=32, width=32, seed=0)
+CPU_DEVICES = 2
+
+
+def pytest_configure(config):
+    """Split the CPU into two logical devices before TensorFlow starts, so MirroredStrategy
+    can be tested in-process; single-device code keeps using the first."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * CPU_DEVICES
+        )
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 
 import h5py
+import pytest
+from omegaconf import OmegaConf
 
 BIN = Path(sys.executable).parent
 
@@ -28,6 +30,33 @@ def test_train_debug_fast_from_any_directory(tmp_path, tiny_store):
     assert f"Run directory: {run_dir}" in done.stdout
     assert (run_dir / "model.keras").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+    # Continue the finished run for one more epoch, with the config saved in it.
+    more = run("nowcast-train", f"resume={run_dir}", "trainer.epochs=2", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "Continuing the run" in more.stdout + more.stderr
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 2
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.slow
+def test_multirun_sweep_makes_one_run_per_value(tmp_path, tiny_store):
+    sweep_dir = tmp_path / "sweep"
+    done = run(
+        "nowcast-train",
+        "-m",
+        "debug=fast",
+        f"data.path={tiny_store}",
+        "trainer.steps_per_epoch=1",
+        "trainer.validation_steps=1",
+        "model.head_filters=4,6",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for job, filters in [("0", 4), ("1", 6)]:
+        assert OmegaConf.load(sweep_dir / job / "config.yaml").model.head_filters == filters
+        assert (sweep_dir / job / "model.keras").is_file()
 
 
 def test_train_config_typo_fails_before_anything_runs(tmp_path):

@@ -1,9 +1,12 @@
 """Every option of every config group composes against its schema, and typos fail at start-up."""
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
-from nowcast.config import config_dir
+from nowcast.config import config_dir, register_configs
 from nowcast.losses import make_loss
 from nowcast.model import build_model
 from nowcast.training import make_optimizer
@@ -34,6 +37,13 @@ def test_every_loss_option_builds(compose_config, loss):
     assert make_loss(cfg.loss, cfg.data.normalisation).terms
 
 
+def test_loss_options_hold_only_their_terms_and_combine_on_the_command_line(compose_config):
+    assert compose_config("loss=mae").loss.terms == {"mae": 1.0}
+    assert compose_config("loss=balanced").loss.terms == {"balanced_mse": 1.0, "balanced_mae": 1.0}
+    combined = compose_config("loss=mse", "+loss.terms.balanced_mae=0.5").loss.terms
+    assert combined == {"mse": 1.0, "balanced_mae": 0.5}
+
+
 @pytest.mark.parametrize("optimizer", options("optimizer"))
 def test_every_optimizer_option_builds(compose_config, optimizer):
     cfg = compose_config(f"optimizer={optimizer}")
@@ -51,9 +61,53 @@ def test_every_other_option_composes(compose_config, override):
     assert cfg.data.n_in > 0 and cfg.trainer.epochs > 0
 
 
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_into_a_valid_run(compose_config, experiment):
+    cfg = compose_config(f"experiment={experiment}", "data.path=somewhere.h5")
+    assert make_optimizer(cfg.optimizer, total_steps=10).learning_rate is not None
+    assert make_loss(cfg.loss, cfg.data.normalisation).terms
+
+
+def test_experiment_sets_several_groups_and_keeps_command_line_overrides(compose_config):
+    cfg = compose_config("experiment=shi2017_hko7", "data.path=hko7.h5", "data.batch_size=2")
+    assert cfg.data.name == "radar_hdf5" and cfg.data.n_out == 20
+    assert len(cfg.model.stages) == 3 and cfg.model.stages[0].downsample_stride == 5
+    assert set(cfg.loss.terms) == {"balanced_mse", "balanced_mae"}
+    assert (cfg.optimizer.schedule, cfg.optimizer.beta_1) == ("step", 0.5)
+    assert cfg.trainer.steps_per_epoch is None
+    assert cfg.data.batch_size == 2
+
+
+def compose_with_hydra(*overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def test_resume_runs_in_the_run_directory():
+    assert compose_with_hydra("resume=/runs/a").hydra.run.dir == "/runs/a"
+    assert compose_with_hydra().hydra.run.dir.startswith("logs/train/")
+
+
+def test_slurm_launcher_config_extends_the_submitit_plugin():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    launcher = compose_with_hydra("hydra/launcher=slurm").hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.max_num_timeout > 0 and launcher.tasks_per_node == 1
+    assert OmegaConf.is_missing(launcher, "partition") or launcher.partition is None
+
+
 @pytest.mark.parametrize(
     "override",
-    ["trainer.epochz=3", "trainer.epochs=three", "model.stages.0.filterz=4", "data=radar"],
+    [
+        "trainer.epochz=3",
+        "trainer.epochs=three",
+        "model.stages.0.filterz=4",
+        "data=radar",
+        "experiment=shi2017",
+    ],
 )
 def test_typos_and_wrong_types_fail_when_composing(compose_config, override):
     with pytest.raises(ConfigCompositionException):

@@ -1,45 +1,378 @@
+"""train(cfg) end to end on tiny runs: outputs, seeds, resume, non-finite losses, devices."""
+
+import csv
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
-from nowcast.training import train
+from nowcast import distribute
+from nowcast.callbacks import NonFiniteLossError, TrainingState
+from nowcast.config import config_dir, register_configs
+from nowcast.distribute import (
+    check_global_batch,
+    distribute_windows,
+    make_strategy,
+    resolve_jit_compile,
+    resolve_precision,
+)
+from nowcast.training import make_optimizer, resume_config, train, window_order
+
+# Two epochs of three steps, a backup every two steps: enough to interrupt mid-epoch.
+REFERENCE = (
+    "debug=fast",
+    "trainer.epochs=2",
+    "trainer.backup_every_steps=2",
+    "trainer.validation_steps=1",
+    "trainer.image_samples=1",
+    "trainer.verbose=0",
+)
 
 
-def test_fast_run_writes_a_complete_run_directory(fast_config):
-    cfg = fast_config()
-    result = train(cfg)
-    run_dir = result.run_dir
+def compose_run(run_dir, store, *overrides):
+    """The reference config with outputs in `run_dir`; module-scoped fixtures need it too."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.output_dir={run_dir}",
+                f"paths.data_dir={run_dir.parent}",
+                f"data.path={store}",
+                *REFERENCE,
+                *overrides,
+            ],
+        )
+    GlobalHydra.instance().clear()
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_store):
+    """One uninterrupted two-epoch run that the other tests compare with."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    return train(compose_run(run_dir, tiny_store))
+
+
+@pytest.fixture
+def run_config(tmp_path, tiny_store):
+    def _compose(*overrides):
+        return compose_run(tmp_path / "run", tiny_store, *overrides)
+
+    return _compose
+
+
+def tensorboard_tags(folder) -> set[str]:
+    tags = set()
+    for path in folder.glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def assert_same_history(history, expected, rtol=1e-5):
+    assert history.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_allclose(history[name], expected[name], rtol=rtol, err_msg=name)
+
+
+def test_run_directory_holds_models_logs_and_state(reference):
+    run_dir = reference.run_dir
     for name in ["config.yaml", "split.json", "model.keras", "metrics.csv"]:
         assert (run_dir / name).is_file(), name
     for name in ["best.keras", "last.keras"]:
         assert (run_dir / "checkpoints" / name).is_file(), name
-    assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
-    assert len(result.history["loss"]) == cfg.trainer.epochs
-    assert (
-        np.isfinite(result.history["loss"]).all() and np.isfinite(result.history["val_loss"]).all()
-    )
+    assert {"epoch_loss", "epoch_learning_rate"} <= tensorboard_tags(run_dir / "tensorboard/train")
+    assert "forecasts" in tensorboard_tags(run_dir / "tensorboard/forecasts")
+
+    with (run_dir / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert reference.history.keys() == {"loss", "val_loss", "learning_rate"}
+    for name, values in reference.history.items():
+        assert len(values) == 2 and np.isfinite(values).all(), name
+        np.testing.assert_allclose(values, [float(row[name]) for row in rows], rtol=1e-6)
+
+    state = TrainingState.load(run_dir / "backup")
+    assert (state.epoch, state.step, state.stopped_early) == (2, 0, False)
+    assert state.callbacks["best_checkpoint"]["best"] == min(reference.history["val_loss"])
 
     split = json.loads((run_dir / "split.json").read_text())["splits"]
-    train_times = set(split["train"]["start_times"])
-    assert train_times.isdisjoint(split["test"]["start_times"])
-    assert split["train"]["windows"] == len(split["train"]["start_times"]) > 0
-
+    assert set(split["train"]["start_times"]).isdisjoint(split["test"]["start_times"])
     model = keras.models.load_model(run_dir / "model.keras")
-    inputs = np.zeros((1, cfg.data.n_in, 32, 32, 1), "float32")
-    forecast = model.predict(inputs, verbose=0)
-    assert forecast.shape == (1, cfg.data.n_out, 32, 32, 1)
-    np.testing.assert_allclose(forecast, result.model.predict(inputs, verbose=0), atol=1e-6)
+    inputs = np.zeros((1, 3, 32, 32, 1), "float32")
+    assert model.predict(inputs, verbose=0).shape == (1, 3, 32, 32, 1)
+    np.testing.assert_allclose(
+        model.predict(inputs, verbose=0), reference.model.predict(inputs, verbose=0), atol=1e-6
+    )
 
 
-def test_same_seed_gives_the_same_losses(fast_config):
-    first = train(fast_config("trainer.epochs=1", "paths.output_dir=${paths.data_dir}/a")).history
-    second = train(fast_config("trainer.epochs=1", "paths.output_dir=${paths.data_dir}/b")).history
-    np.testing.assert_allclose(first["loss"], second["loss"], rtol=1e-5)
+def test_same_seed_gives_the_same_losses(reference, run_config):
+    assert_same_history(train(run_config()).history, reference.history)
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Raises after the given step of the given epoch, as a killed job would stop."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__()
+        self.epoch, self.step = epoch, step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.current_epoch, batch + 1) == (self.epoch, self.step):
+            raise Interrupt
+
+
+def test_interrupted_run_continues_mid_epoch_to_the_same_result(reference, run_config):
+    cfg = run_config()
+    run_dir = Path(cfg.paths.output_dir)
+    with pytest.raises(Interrupt):
+        train(cfg, callbacks=[InterruptAt(epoch=1, step=3)])
+    state = TrainingState.load(run_dir / "backup")
+    assert (state.epoch, state.step) == (1, 2)
+    assert not (run_dir / "model.keras").exists()
+    other = run_config("data.batch_size=4", "model.head_filters=8")
+    with pytest.raises(ValueError, match=r"data.batch_size: 2 -> 4; model.head_filters: 4 -> 8"):
+        train(other)
+
+    resumed = train(cfg)  # the same command again
+    assert_same_history(resumed.history, reference.history)
+    assert int(resumed.model.optimizer.iterations.numpy()) == 6
+    for got, expected in zip(
+        resumed.model.get_weights(), reference.model.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    with (run_dir / "metrics.csv").open() as file:
+        assert [row["epoch"] for row in csv.DictReader(file)] == ["0", "1"]
+
+    with pytest.raises(FileExistsError, match="trained its 2 epochs.*raise trainer.epochs"):
+        train(cfg)
+
+
+def test_resume_takes_the_saved_config_and_key_overrides(reference):
+    cfg = resume_config(reference.run_dir, ["trainer.epochs=3", "optimizer.learning_rate=1e-4"])
+    assert cfg.paths.output_dir == str(reference.run_dir)
+    assert (cfg.trainer.epochs, cfg.optimizer.learning_rate) == (3, 1e-4)
+    assert cfg.model.head_filters == 4 and cfg.data.n_out == 3  # debug=fast, from the run
+    with pytest.raises(ValueError, match="only key=value overrides.*'model=convlstm_hko7'"):
+        resume_config(reference.run_dir, ["model=convlstm_hko7"])
+    with pytest.raises(FileNotFoundError, match="no config.yaml in"):
+        resume_config(reference.run_dir / "checkpoints")
+
+
+class PoisonWeights(keras.callbacks.Callback):
+    """Sets the output kernel to NaN before the given step of the given epoch."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__()
+        self.epoch, self.step = epoch, step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current_epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.current_epoch, batch + 1) == (self.epoch, self.step):
+            kernel = self.model.get_layer("output_conv").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(run_config):
+    cfg = run_config()
+    run_dir = Path(cfg.paths.output_dir)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 2, step 2.*resume="):
+        train(cfg, callbacks=[PoisonWeights(epoch=1, step=2)])
+    assert not (run_dir / "model.keras").exists()
+    last = keras.models.load_model(run_dir / "checkpoints/last.keras")
+    assert all(np.isfinite(w).all() for w in last.get_weights())
+    state = TrainingState.load(run_dir / "backup")
+    assert (state.epoch, state.step) == (1, 0)
+    backup = keras.models.load_model(run_dir / "checkpoints/last.keras")
+    backup.load_weights(run_dir / "backup" / state.weights)
+    assert all(np.isfinite(w).all() for w in backup.get_weights())
+
+
+@pytest.mark.skipif(
+    len(tf.config.list_logical_devices("CPU")) < 2, reason="needs two logical CPU devices"
+)
+def test_mirrored_strategy_on_two_cpus_gives_the_losses_of_one_device(reference, run_config):
+    # Global batch 2: one window per replica, the two replicas together the one-device batch.
+    result = train(run_config("trainer.strategy=mirrored"))
+    assert_same_history(result.history, reference.history)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_multi_worker_strategy_with_two_workers_gives_the_losses_of_one_device(
+    reference, tmp_path, tiny_store
+):
+    run_dir = tmp_path / "run"
+    workers = [f"localhost:{free_port()}", f"localhost:{free_port()}"]
+    command = [
+        sys.executable,
+        "-m",
+        "nowcast.train",
+        *REFERENCE,
+        f"data.path={tiny_store}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.strategy=multi_worker",
+    ]
+    processes = [
+        subprocess.Popen(
+            command,
+            env={
+                **os.environ,
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+                ),
+            },
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+    assert "2 replica(s) with MultiWorkerMirroredStrategy" in outputs[0]
+    with (run_dir / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    history = {name: [float(row[name]) for row in rows] for name in reference.history}
+    assert_same_history(history, reference.history)
+
+
+def test_mixed_bfloat16_trains_and_restores_the_global_policy(run_config):
+    result = train(
+        run_config(
+            "trainer.precision=mixed_bfloat16",
+            "trainer.epochs=1",
+            "trainer.steps_per_epoch=1",
+            "trainer.image_samples=0",
+        )
+    )
+    assert result.model.dtype_policy.name == "mixed_bfloat16"
+    assert np.isfinite(result.history["loss"]).all()
+    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def test_missing_store_names_the_path_and_the_fix(fast_config, tmp_path):
     missing = tmp_path / "nowhere.h5"
     with pytest.raises(FileNotFoundError, match=f"data store not found: {missing}.*data.path"):
         train(fast_config("data=radar_hdf5", f"data.path={missing}"))
+
+
+def test_window_order_passes_over_every_window_and_extends_consistently():
+    order = window_order(5, seed=3, count=12)
+    assert sorted(order[:5]) == sorted(order[5:10]) == list(range(5))
+    np.testing.assert_array_equal(window_order(5, seed=3, count=7), order[:7])
+    assert not np.array_equal(window_order(5, seed=4, count=12), order)
+
+
+class FakeContext:
+    def __init__(self, pipelines, pipeline, replicas):
+        self.num_input_pipelines, self.input_pipeline_id = pipelines, pipeline
+        self.replicas = replicas
+
+    def get_per_replica_batch_size(self, global_batch):
+        return global_batch // self.replicas
+
+
+class FakeStrategy:
+    """Two workers with two replicas each: calls the dataset function once per worker."""
+
+    def distribute_datasets_from_function(self, dataset_fn):
+        return [dataset_fn(FakeContext(2, pipeline, replicas=4)) for pipeline in range(2)]
+
+
+def test_each_worker_reads_its_part_of_every_global_batch():
+    windows = np.arange(24).reshape(3, 8)  # 3 steps of global batch 8
+    parts = distribute_windows(FakeStrategy(), windows, lambda starts, batch: (starts, batch))
+    assert [batch for _, batch in parts] == [2, 2]
+    np.testing.assert_array_equal(parts[0][0], [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19])
+    np.testing.assert_array_equal(parts[1][0], [4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23])
+    single = distribute_windows(None, windows, lambda starts, batch: (starts, batch))
+    np.testing.assert_array_equal(single[0], np.arange(24))
+    assert single[1] == 8
+
+
+@pytest.mark.parametrize(
+    "capabilities, expected",
+    [
+        ([], "float32"),
+        ([(6, 1)], "float32"),
+        ([(7, 5)], "mixed_float16"),
+        ([(8, 0), (9, 0)], "mixed_bfloat16"),
+        ([(7, 0), (9, 0)], "mixed_float16"),
+    ],
+)
+def test_auto_precision_follows_the_gpus_found(monkeypatch, capabilities, expected):
+    monkeypatch.setattr(distribute, "_gpu_compute_capabilities", lambda: capabilities)
+    assert resolve_precision("auto") == expected
+    assert resolve_precision("float32") == "float32"
+
+
+def test_device_settings_resolve_on_this_machine_and_reject_unknown_values(monkeypatch):
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        assert resolve_precision("auto") == "float32"
+    assert [resolve_jit_compile(v) for v in ("auto", "True", "false")] == ["auto", True, False]
+    with pytest.raises(ValueError, match="allowed: auto, float32.*'float16'"):
+        resolve_precision("float16")
+    with pytest.raises(ValueError, match="trainer.strategy.*'mirored'"):
+        make_strategy("mirored")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    assert (make_strategy("auto") is None) == (len(gpus) < 2)
+    with pytest.raises(ValueError, match="multi_worker needs a cluster.*TF_CONFIG"):
+        make_strategy("multi_worker")
+    with pytest.raises(ValueError, match="multiple of 4.*data.batch_size=6"):
+        check_global_batch(6, 4)
+
+
+def rate_at(optimizer, step: int) -> float:
+    optimizer.iterations.assign(step)
+    return float(optimizer.learning_rate)
+
+
+def test_schedules_follow_the_config(compose_config):
+    step = make_optimizer(
+        compose_config(
+            "optimizer.schedule=step", "optimizer.warmup_steps=0", "optimizer.decay_steps=10"
+        ).optimizer,
+        total_steps=100,
+    )
+    np.testing.assert_allclose(
+        [rate_at(step, s) for s in (0, 9, 10, 25)], [1e-3, 1e-3, 7e-4, 4.9e-4], rtol=1e-6
+    )
+    cosine = make_optimizer(compose_config("optimizer=adam").optimizer, total_steps=1000)
+    assert rate_at(cosine, 50) == pytest.approx(5e-4)  # half-way through the warm-up
+    assert rate_at(cosine, 1000) == pytest.approx(0.0, abs=1e-9)
+    plateau = make_optimizer(compose_config("optimizer=adam_plateau").optimizer, total_steps=100)
+    assert rate_at(plateau, 50) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="warmup_steps is only used by the cosine schedule"):
+        make_optimizer(compose_config("optimizer.schedule=plateau").optimizer, total_steps=100)

@@ -1,6 +1,8 @@
-"""Radar-echo data: the HDF5 sequence store, the synthetic data set, window slicing, tf.data.
+"""Radar-echo data: the HDF5 sequence store, converters into it, window slicing, tf.data.
 
-Modules: `store` (read/write the HDF5 store), `synthetic` (the embedded default data set),
-`windows` (pure NumPy window indices and time-block splits), `pipeline` (tf.data batches; the
-only module here that imports TensorFlow).
+Modules: `store` (read/write the HDF5 store), `convert` (`nowcast-data convert`: other formats
+into a store, with crop and downsampling), `sources` (what the format readers share), `odim`,
+`knmi`, `sevir` (the readers), `info` (`nowcast-data info`), `synthetic` (the embedded default
+data set), `windows` (pure NumPy window indices and time-block splits), `pipeline` (which
+windows a run uses, and tf.data batches; the only module here that imports TensorFlow).
 """

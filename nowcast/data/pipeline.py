@@ -1,45 +1,141 @@
-"""tf.data input pipeline: window start indices -> batches of (inputs, targets) from a store.
+"""Input pipeline: window start indices -> batches of (inputs, targets) from a store.
 
-The only module of `nowcast.data` that imports TensorFlow. Windows are read lazily from the
-HDF5 store (one window per read, never the whole store) and put on the model's normalised
-scale (nowcast.units.normalise): dBZ mapped linearly from [dbz_min, dbz_max] to [0, 1], no echo
-at 0.
+Two paths over the same windows: `make_dataset` (tf.data, the default under the TensorFlow
+backend) and `WindowDataset` (a `keras.utils.PyDataset` with its own reader threads, for the
+other backends and for evaluation). `input_batches` picks one by backend. Both read each window
+with `WindowReader`, so they yield the same windows, normalisation, weights and flips in the same
+order. Windows are read lazily from the HDF5 store (one window per read, never the whole store)
+and put on the model's normalised scale (nowcast.units.normalise): dBZ mapped linearly from
+[dbz_min, dbz_max] to [0, 1], no echo at 0. TensorFlow is imported only by `make_dataset`.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import keras
 import numpy as np
-import tensorflow as tf
 
-from nowcast.config import NormalisationConfig
+from nowcast.config import DataConfig, NormalisationConfig
 from nowcast.data.store import Store
+from nowcast.data.windows import (
+    SPLITS,
+    longest_run,
+    make_windows,
+    split_windows,
+    window_means,
+)
 from nowcast.units import normalise
 
+if TYPE_CHECKING:
+    import tensorflow as tf
 
-def window_valid_fraction(
-    store: Store | str | os.PathLike, starts: np.ndarray, window_length: int
-) -> np.ndarray:
-    """Fraction of pixels that are not no-data in each window, to skip mostly-empty windows.
+# Dihedral transforms as (quarter turns, mirror) indices 0..7: k % 4 quarter turns, then a
+# left-right mirror when k >= 4. Those with an odd number of quarter turns swap height and
+# width, so non-square frames use only the four others.
+_ALL_TRANSFORMS = np.arange(8)
+_SHAPE_KEEPING_TRANSFORMS = np.array([0, 2, 4, 6])
 
-    Uses the store's per-frame fractions (stored at write time), so no frame is read.
+
+@dataclass
+class WindowSelection:
+    """The windows of a store that a run uses.
+
+    Attributes:
+        starts: split name ("train", "val", "test") -> (N,) int64 window start indices.
+        train_weights: (N_train,) float32 sample weight of each training window, or None when
+            every weight is 1 (no dry windows are down-weighted).
+    """
+
+    starts: dict[str, np.ndarray]
+    train_weights: np.ndarray | None = None
+
+
+def select_windows(store: Store, data_cfg: DataConfig) -> WindowSelection:
+    """Window starts per split: never across a gap or an event, mostly valid, dry ones handled.
+
+    1. Windows of `n_in + n_out` evenly spaced frames, every `stride` frames (make_windows).
+    2. Windows with less than `min_valid_fraction` of their pixels valid are left out.
+    3. Split by blocks of `split.block_hours` (whole events for stores with events).
+    4. Training windows whose mean fraction of wet pixels (valid pixels at or above
+       `wet_threshold`, store units) is below `min_wet_fraction` are dry: left out when
+       `dry_weight` is 0, else kept with that sample weight. Validation and test windows are
+       all kept, so scores describe every kind of weather.
 
     Args:
-        store: an open Store or the path of one.
-        starts: (N,) window start indices.
-        window_length: frames per window (n_in + n_out).
+        store: the open store.
+        data_cfg: the `data` config group (n_in, n_out, stride, batch_size, split, fractions).
 
-    Returns:
-        (N,) float64 in [0, 1].
+    Raises:
+        ValueError: one line naming the store when it is too short for one window, has no
+            evenly spaced run long enough, is mostly no-data, or leaves a split (train, val)
+            with fewer windows than one batch.
     """
-    if not isinstance(store, Store):
-        store = Store(store)
-    starts = np.asarray(starts, dtype=np.int64)
-    _check_starts(starts, window_length, len(store))
-    # Every frame has H*W pixels, so the window's fraction is the mean of its frames' fractions.
-    cumulative = np.concatenate([[0.0], np.cumsum(store.valid_fraction)])
-    return (cumulative[starts + window_length] - cumulative[starts]) / window_length
+    length = data_cfg.n_in + data_cfg.n_out
+    window_hint = f"data.n_in + data.n_out = {length}"
+    if len(store) < length:
+        raise ValueError(
+            f"{store.path} has {len(store)} frames, fewer than one window needs ({window_hint}); "
+            "convert more frames or use shorter windows"
+        )
+    starts = make_windows(
+        store.times,
+        n_in=data_cfg.n_in,
+        n_out=data_cfg.n_out,
+        stride=data_cfg.stride,
+        minutes_per_frame=store.minutes_per_frame,
+        events=store.events,
+    )
+    if starts.size == 0:
+        run = longest_run(
+            store.times, minutes_per_frame=store.minutes_per_frame, events=store.events
+        )
+        raise ValueError(
+            f"{store.path} has no {length} consecutive frames {store.minutes_per_frame:g} min "
+            f"apart (the longest run is {run}), fewer than one window needs ({window_hint}); "
+            "fill the gaps or use shorter windows"
+        )
+    valid = window_means(store.valid_fraction, starts, length)
+    starts = starts[valid >= data_cfg.min_valid_fraction]
+    if starts.size == 0:
+        raise ValueError(
+            f"every window of {store.path} is mostly no-data (less than "
+            f"data.min_valid_fraction={data_cfg.min_valid_fraction} of its pixels valid); check "
+            "the store with `nowcast-data info` or lower data.min_valid_fraction"
+        )
+    try:
+        splits = split_windows(
+            store.times,
+            starts,
+            window_length=length,
+            block_hours=data_cfg.split.block_hours,
+            val_fraction=data_cfg.split.val_fraction,
+            test_fraction=data_cfg.split.test_fraction,
+            events=store.events,
+        )
+    except ValueError as err:
+        raise ValueError(f"{store.path}: {err}") from None
+
+    train_weights = None
+    if data_cfg.min_wet_fraction > 0:
+        train = splits["train"]
+        wet = window_means(store.wet_fraction(data_cfg.wet_threshold), train, length)
+        dry = wet < data_cfg.min_wet_fraction
+        if data_cfg.dry_weight == 0:
+            splits["train"] = train[~dry]
+        else:
+            train_weights = np.where(dry, data_cfg.dry_weight, 1.0).astype(np.float32)
+    for name in SPLITS[:2]:
+        if len(splits[name]) < data_cfg.batch_size:
+            raise ValueError(
+                f"the {name} split of {store.path} has {len(splits[name])} windows, fewer than "
+                f"one batch (data.batch_size={data_cfg.batch_size}); use a longer store, a "
+                "smaller data.split.block_hours, a smaller batch or a lower data.min_wet_fraction"
+            )
+    return WindowSelection(starts=splits, train_weights=train_weights)
 
 
 def _check_starts(starts: np.ndarray, window_length: int, n_frames: int) -> None:
@@ -65,12 +161,15 @@ def make_dataset(
     shuffle_buffer: int = 256,
     repeat: bool = False,
     drop_remainder: bool = False,
+    weights: np.ndarray | None = None,
+    augment: bool = False,
 ) -> tf.data.Dataset:
     """Batches of (inputs, targets) windows read lazily from a store.
 
     Window k covers frames `starts[k] : starts[k] + n_in + n_out`. The start indices (not the
     frames) are shuffled in a bounded buffer, reshuffled each epoch; for a given seed the order
-    of every epoch is the same from run to run. Reads run in parallel, in a fixed order.
+    of every epoch is the same from run to run. Reads run in parallel, in a fixed order, and
+    prefetch; memory holds a few batches, whatever the size of the store.
 
     Args:
         store_path: the store (nowcast.data.store layout).
@@ -83,45 +182,216 @@ def make_dataset(
         shuffle_buffer: size of the shuffle buffer (window indices).
         repeat: repeat the epochs forever.
         drop_remainder: drop a last, smaller batch.
+        weights: optional (N,) sample weight per window (WindowSelection.train_weights); the
+            dataset then yields `(inputs, targets, weights)`, which Keras `fit` applies to
+            each window's loss.
+        augment: apply one random flip/rotation per window (the same to all its frames): any
+            of the 8 symmetries of the square for square frames, identity, 180-degree turn
+            and the two mirrors otherwise. For training only; drawn from `seed`.
 
     Returns:
-        A dataset of `(inputs, targets)`:
+        A dataset of `(inputs, targets)` or `(inputs, targets, weights)`:
         inputs (B, n_in, H, W, 1) float32 on [0, 1], no-data pixels set to 0;
         targets (B, n_out, H, W, 1) float32 on [0, 1], no-data pixels NaN (losses and metrics
-        mask them).
+        mask them); weights (B,) float32.
     """
-    for name, value in (("n_in", n_in), ("n_out", n_out), ("batch_size", batch_size)):
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, Received: {name}={value}")
+    import tensorflow as tf
+
     if shuffle and shuffle_buffer < 1:
         raise ValueError(f"shuffle_buffer must be >= 1, Received: {shuffle_buffer=}")
-    store = Store(store_path)
-    length = n_in + n_out
-    starts = np.asarray(starts, dtype=np.int64)
-    _check_starts(starts, length, len(store))
-    _, height, width = store.shape
+    reader = WindowReader(
+        store_path, starts, n_in=n_in, n_out=n_out, batch_size=batch_size, norm=norm,
+        seed=seed, weights=weights, augment=augment,
+    )  # fmt: skip
+    starts = reader.starts
+    height, width = reader.frame_shape
 
-    def read_window(start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        frames = normalise(store.read(int(start), int(start) + length), norm)  # (T, H, W)
-        inputs = np.nan_to_num(frames[:n_in], nan=0.0)
-        return inputs[..., None], frames[n_in:, ..., None]
-
-    def load(start: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def load(start: tf.Tensor, weight: tf.Tensor, position: tf.Tensor) -> tuple[tf.Tensor, ...]:
         inputs, targets = tf.numpy_function(
-            read_window, [start], [tf.float32, tf.float32], stateful=False
+            reader.read, [start, position], [tf.float32, tf.float32], stateful=False
         )
-        return (
-            tf.ensure_shape(inputs, (n_in, height, width, 1)),
-            tf.ensure_shape(targets, (n_out, height, width, 1)),
-        )
+        inputs = tf.ensure_shape(inputs, (n_in, height, width, 1))
+        targets = tf.ensure_shape(targets, (n_out, height, width, 1))
+        return (inputs, targets) if weights is None else (inputs, targets, weight)
 
-    dataset = tf.data.Dataset.from_tensor_slices(starts)
+    dataset = tf.data.Dataset.from_tensor_slices((starts, reader.weights))
     if shuffle:
         dataset = dataset.shuffle(
             min(shuffle_buffer, starts.size), seed=seed, reshuffle_each_iteration=True
         )
     if repeat:
         dataset = dataset.repeat()
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # The position of each window in the stream, after shuffling, draws its flip.
+    dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.counter()))
+    dataset = dataset.map(
+        lambda window, position: load(*window, position),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+class WindowReader:
+    """Reads window k of a stream as the model takes it: what both input paths share.
+
+    Checks the arguments once, then `read(start, position)` returns one window: normalised,
+    flipped by the draw of its stream position (so a window gets a new flip each pass, and the
+    same seed gives the same flips on either path), no-data inputs set to 0.
+
+    Attributes:
+        starts: (N,) int64 window starts.
+        weights: (N,) float32 sample weights (ones when none were given).
+        frame_shape: (H, W) of the frames.
+    """
+
+    def __init__(
+        self,
+        store_path: str | os.PathLike,
+        starts: np.ndarray,
+        *,
+        n_in: int,
+        n_out: int,
+        batch_size: int,
+        norm: NormalisationConfig,
+        seed: int,
+        weights: np.ndarray | None = None,
+        augment: bool = False,
+    ):
+        for name, value in (("n_in", n_in), ("n_out", n_out), ("batch_size", batch_size)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, Received: {name}={value}")
+        self.store = Store(store_path)
+        self.n_in, self.length = n_in, n_in + n_out
+        self.starts = np.asarray(starts, dtype=np.int64)
+        _check_starts(self.starts, self.length, len(self.store))
+        self.frame_shape = tuple(self.store.shape[1:])
+        self.weights = np.ones(self.starts.shape, np.float32)
+        if weights is not None:
+            self.weights = np.asarray(weights, dtype=np.float32)
+            if self.weights.shape != self.starts.shape:
+                raise ValueError(
+                    f"weights must have one value per window {self.starts.shape}, "
+                    f"Received: shape={self.weights.shape}"
+                )
+        self.norm, self.seed, self.augment = norm, seed, augment
+        height, width = self.frame_shape
+        self.transforms = _ALL_TRANSFORMS if height == width else _SHAPE_KEEPING_TRANSFORMS
+
+    def read(self, start: int, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs (n_in, H, W, 1), targets (n_out, H, W, 1)) of the window at `start`."""
+        start = int(start)
+        frames = normalise(self.store.read(start, start + self.length), self.norm)  # (T, H, W)
+        if self.augment:
+            draw = np.random.default_rng((self.seed, int(position))).integers(self.transforms.size)
+            transform = self.transforms[draw]
+            frames = np.rot90(frames, k=transform % 4, axes=(1, 2))
+            if transform >= 4:
+                frames = frames[:, :, ::-1]
+            frames = np.ascontiguousarray(frames)
+        inputs = np.nan_to_num(frames[: self.n_in], nan=0.0)
+        return inputs[..., None], frames[self.n_in :, ..., None]
+
+
+class WindowDataset(keras.utils.PyDataset):
+    """Batches of windows in the given order, read ahead by threads: the backend-free path.
+
+    Yields what `make_dataset(..., shuffle=False)` yields, batch for batch (`WindowReader`).
+    Batch i+1 .. i+`queue_size` are read by `workers` threads while batch i trains; at most
+    `queue_size` batches wait in memory. Keras's own worker queue is not used: in Keras 3.15 it
+    restarts at batch 0 after each epoch when `fit(steps_per_epoch=...)` stops mid-dataset,
+    which would re-read the first windows instead of continuing the run's window order.
+
+    Args:
+        store_path, starts, n_in, n_out, batch_size, norm, seed, weights, augment: as for
+            `make_dataset`.
+        drop_remainder: drop a last, smaller batch.
+        workers: reader threads.
+        queue_size: most batches read ahead.
+    """
+
+    def __init__(
+        self,
+        store_path: str | os.PathLike,
+        starts: np.ndarray,
+        *,
+        n_in: int,
+        n_out: int,
+        batch_size: int,
+        norm: NormalisationConfig,
+        seed: int,
+        weights: np.ndarray | None = None,
+        augment: bool = False,
+        drop_remainder: bool = False,
+        workers: int = 2,
+        queue_size: int = 4,
+    ):
+        super().__init__()
+        if workers < 1 or queue_size < 1:
+            raise ValueError(
+                f"workers and queue_size must be >= 1, Received: {workers=}, {queue_size=}"
+            )
+        self.reader = WindowReader(
+            store_path, starts, n_in=n_in, n_out=n_out, batch_size=batch_size, norm=norm,
+            seed=seed, weights=weights, augment=augment,
+        )  # fmt: skip
+        self.batch_size, self.with_weights = batch_size, weights is not None
+        count = self.reader.starts.size
+        self._length = count // batch_size if drop_remainder else -(-count // batch_size)
+        self._queue_size = queue_size
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="nowcast-windows")
+        self._pending: dict[int, Future] = {}
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _read_batch(self, index: int) -> tuple[np.ndarray, ...]:
+        positions = range(
+            index * self.batch_size, min((index + 1) * self.batch_size, len(self.reader.starts))
+        )
+        windows = [self.reader.read(self.reader.starts[k], k) for k in positions]
+        batch = (np.stack([w[0] for w in windows]), np.stack([w[1] for w in windows]))
+        return (
+            (*batch, self.reader.weights[positions.start : positions.stop])
+            if self.with_weights
+            else batch
+        )
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        if not 0 <= index < self._length:
+            raise IndexError(f"batch {index} of a dataset of {self._length} batches")
+        # Read-ahead from an earlier position does not help a jump elsewhere.
+        for stale in [k for k in self._pending if not index <= k < index + self._queue_size + 1]:
+            self._pending.pop(stale).cancel()
+        future = self._pending.pop(index, None)
+        for ahead in range(index + 1, min(index + 1 + self._queue_size, self._length)):
+            if ahead not in self._pending:
+                self._pending[ahead] = self._pool.submit(self._read_batch, ahead)
+        return future.result() if future is not None else self._read_batch(index)
+
+
+def input_batches(
+    store_path: str | os.PathLike,
+    starts: np.ndarray,
+    *,
+    n_in: int,
+    n_out: int,
+    batch_size: int,
+    norm: NormalisationConfig,
+    seed: int,
+    weights: np.ndarray | None = None,
+    augment: bool = False,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset | WindowDataset:
+    """Batches of the windows at `starts`, in that order, for the running Keras backend.
+
+    tf.data (`make_dataset`) under TensorFlow, where it also feeds tf.distribute; the
+    `WindowDataset` otherwise, so no other backend imports TensorFlow. Same batches either way.
+    """
+    kwargs = dict(
+        n_in=n_in, n_out=n_out, batch_size=batch_size, norm=norm, seed=seed, weights=weights,
+        augment=augment, drop_remainder=drop_remainder,
+    )  # fmt: skip
+    if keras.backend.backend() == "tensorflow":
+        return make_dataset(store_path, starts, shuffle=False, **kwargs)
+    return WindowDataset(store_path, starts, **kwargs)

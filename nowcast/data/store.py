@@ -1,53 +1,85 @@
-"""The nowcast HDF5 sequence store: one file holding a time series of radar reflectivity frames.
+"""The nowcast HDF5 sequence store: one file holding a time series of radar frames.
 
 Radar data in any source format (ODIM_H5, KNMI HDF5, SEVIR, the synthetic set) is converted once
-into this layout, which training and evaluation read window by window without loading it all.
+into this layout (`nowcast-data convert`), which training and evaluation read window by window
+without loading it all.
 
-Layout (version 1)::
+Layout (version 2)::
 
-    /                      attrs: nowcast_store_version = 1, quantity = "DBZH", units = "dBZ",
+    /                      attrs: nowcast_store_version = 2,
+                                  quantity = "DBZH" (reflectivity) or "VIL" (SEVIR),
+                                  units = "dBZ" or "VIL level",
                                   minutes_per_frame (nominal spacing of the frames),
-                                  zr_a, zr_b (Z = a R^b, only where the source was a rain rate
-                                  or the producer states one)
-    /grid                  attrs: the grid description, any keys, e.g. projdef (proj4 string),
-                                  xsize, ysize, xscale, yscale (metres), ll_lon, ll_lat, ...
-    /frames  (T, H, W)     uint8 (uint16 also read) raw values; dBZ = raw * gain + offset;
+                                  zr_a, zr_b (Z = a R^b used when the data were made; optional)
+    /grid                  attrs: the grid description: projdef (proj4 string), xsize, ysize,
+                                  xscale, yscale (metres), and any other keys of the source grid;
+                                  a cropped or downsampled grid also holds crop_top, crop_left,
+                                  downsample, source_xsize, source_ysize and the source's
+                                  geolocation keys prefixed with source_
+    /frames  (T, H, W)     uint8 raw values; value = raw * gain + offset;
                            attrs gain, offset, nodata, undetect (ODIM conventions);
-                           chunks (1, H, W), gzip level 4 + shuffle, so a window is cheap to read
-    /times   (T,)          int64 seconds since 1970-01-01 UTC, strictly increasing; a step
+                           chunks (1, H, W), gzip level 2, so a window is cheap to read
+    /times   (T,)          int64 seconds since 1970-01-01 UTC, strictly increasing within an
+                           event (or over the whole store when there are no events); a step
                            larger than minutes_per_frame marks missing frames
     /events  (T,)          optional int64 event id per frame; windows never cross a change
-    /valid_fraction (T,)   float32 fraction of pixels per frame that are not no-data (written by
-                           StoreWriter; computed on first use when absent)
+    /histogram (T, 256)    uint32 count of every raw value in every frame, so coverage, rain
+                           fractions and statistics need no pass over the frames
 
-Encoding written by StoreWriter: uint8, gain 0.5 dBZ, offset -32 dBZ (0.5 dBZ steps, as real
-products quantise), raw 255 = nodata (outside radar coverage; read as NaN), raw 0 = undetect
-(no echo; read as the dBZ floor `offset`, i.e. -32 dBZ, which every normalisation maps to 0).
-Detected echo is stored as raw 1..254 (-31.5 to 95 dBZ); values outside are clipped, and
-anything at or below the floor (including -inf, the dBZ of 0 mm/h) is stored as undetect.
+Encoding written by StoreWriter (per quantity, see QUANTITIES): raw 255 = nodata (outside radar
+coverage; read as NaN), raw 0 = undetect (no echo; read as the floor `offset`), raw 1..254 =
+detected values, rounded to the nearest step and clipped. Reflectivity: gain 0.5 dBZ, offset
+-32 dBZ (0.5 dBZ steps, as real products quantise, -31.5 to 95 dBZ); anything at or below the
+floor, -inf (the dBZ of 0 mm/h) included, is undetect. SEVIR VIL: gain 1, offset 0, SEVIR's own
+levels (see nowcast.data.sevir).
+
+Version 1 stores (reflectivity only, times increasing throughout, no /histogram) are still read;
+their histogram is computed from the frames on first use.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-STORE_VERSION = 1
-GAIN_DBZ = 0.5
-OFFSET_DBZ = -32.0
+from nowcast.data.windows import times_increase
+from nowcast.io import publish, temporary_path
+
+log = logging.getLogger(__name__)
+
+STORE_VERSION = 2
 NODATA_RAW = 255
 UNDETECT_RAW = 0
-UNDETECT_DBZ = OFFSET_DBZ  # what no echo reads as: the bottom of the raw scale
-_MAX_ECHO_RAW = 254
-_GZIP_LEVEL = 4
+N_RAW = 256  # uint8 raw values; the number of histogram bins
+_MAX_VALUE_RAW = 254
+_GZIP_LEVEL = 2  # level 4 saves ~1 % of the size of radar frames and writes 1.8x slower
 _TIME_CHUNK = 4096
-_WRITE_HINT = "write it with nowcast.data.store.write_store or StoreWriter"
+_HISTOGRAM_CHUNK = 1024
+_WRITE_HINT = "convert your data with `nowcast-data convert` or write it with StoreWriter"
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A quantity a store can hold, and its uint8 encoding: value = raw * gain + offset."""
+
+    name: str
+    units: str
+    gain: float
+    offset: float
+
+
+REFLECTIVITY = Quantity("DBZH", "dBZ", gain=0.5, offset=-32.0)
+VIL = Quantity("VIL", "VIL level", gain=1.0, offset=0.0)
+QUANTITIES = {quantity.name: quantity for quantity in (REFLECTIVITY, VIL)}
+UNDETECT_DBZ = REFLECTIVITY.offset  # what no echo reads as: the bottom of the raw scale
 
 
 class StoreError(ValueError):
@@ -67,19 +99,27 @@ def _as_epoch_seconds(times: np.ndarray) -> np.ndarray:
     return times.astype(np.int64)
 
 
+def _grid_value(key: str, value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    numbers = np.asarray(value)
+    if numbers.ndim == 1 and numbers.size and np.issubdtype(numbers.dtype, np.number):
+        return numbers
+    raise ValueError(
+        "grid values must be str, int, float, bool or a list of numbers, "
+        f"Received: {key}={value!r}"
+    )
+
+
 def _check_grid(grid: Mapping[str, Any], height: int, width: int) -> dict[str, Any]:
-    """The grid dict as HDF5-storable scalars; xsize/ysize, when given, must match the frames."""
+    """The grid dict as HDF5-storable values; xsize/ysize, when given, must match the frames."""
     checked = {}
     for key, value in grid.items():
         if not isinstance(key, str):
             raise ValueError(f"grid keys must be strings, Received: key={key!r}")
-        if isinstance(value, np.generic):
-            value = value.item()
-        if not isinstance(value, (str, int, float, bool)):
-            raise ValueError(
-                f"grid values must be str, int, float or bool, Received: {key}={value!r}"
-            )
-        checked[key] = value
+        checked[key] = _grid_value(key, value)
     for key, size in (("xsize", width), ("ysize", height)):
         if key in checked and checked[key] != size:
             raise ValueError(
@@ -88,24 +128,44 @@ def _check_grid(grid: Mapping[str, Any], height: int, width: int) -> dict[str, A
     return checked
 
 
+def encode(frames: np.ndarray, quantity: Quantity) -> np.ndarray:
+    """Values in the quantity's units to raw uint8 (see the module docstring); NaN = no data."""
+    frames = np.asarray(frames, dtype=np.float32)
+    nodata = np.isnan(frames)
+    # In place on one float32 copy: this runs on every converted frame.
+    scaled = np.subtract(frames, np.float32(quantity.offset))
+    scaled *= np.float32(1.0 / quantity.gain)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, UNDETECT_RAW, _MAX_VALUE_RAW, out=scaled)  # -inf (no echo) -> undetect
+    scaled[nodata] = NODATA_RAW  # before the cast, which is undefined for NaN
+    return scaled.astype(np.uint8)
+
+
+def raw_histograms(raw: np.ndarray) -> np.ndarray:
+    """(n, 256) uint32 count of every raw value in each of n (n, H, W) uint8 frames."""
+    counts = [np.bincount(frame.ravel(), minlength=N_RAW) for frame in raw]
+    return np.array(counts, dtype=np.uint32).reshape(len(raw), N_RAW)
+
+
 class StoreWriter:
     """Write a store frame block by frame block, atomically.
 
-    Data go to `<name>.tmp-<pid>` next to the target, which is renamed into place only when the
-    writer closes without error; on an exception the temporary file is deleted, so a failed
-    write never leaves a half-written store at the target path.
+    Data go to `.tmp-<pid>-<name>` next to the target (`nowcast.io.temporary_path`), which is
+    renamed into place only when the writer closes without error; on an exception the temporary
+    file is deleted, so a failed write never leaves a half-written store at the target path.
 
     Args:
         path: the store to create.
         height, width: frame size in pixels.
         grid: grid description, stored as attributes of `/grid` (see the module docstring).
         minutes_per_frame: nominal time between frames.
+        quantity: "DBZH" (reflectivity in dBZ, the default) or "VIL" (SEVIR VIL levels).
         zr_a, zr_b: optional Z-R relation (Z = a R^b) to record with the data.
         overwrite: replace an existing file at `path`.
 
     Raises:
         FileExistsError: `path` exists and `overwrite` is false.
-        ValueError: invalid sizes, grid or time step.
+        ValueError: invalid sizes, grid, quantity or time step.
 
     Example::
 
@@ -122,6 +182,7 @@ class StoreWriter:
         width: int,
         grid: Mapping[str, Any],
         minutes_per_frame: float,
+        quantity: str = REFLECTIVITY.name,
         zr_a: float | None = None,
         zr_b: float | None = None,
         overwrite: bool = False,
@@ -133,17 +194,24 @@ class StoreWriter:
             )
         if not minutes_per_frame > 0:
             raise ValueError(f"minutes_per_frame must be > 0, Received: {minutes_per_frame=}")
+        if quantity not in QUANTITIES:
+            raise ValueError(
+                f"unknown store quantity, allowed: {', '.join(QUANTITIES)}. "
+                f"Received: quantity={quantity!r}"
+            )
         if (zr_a is None) != (zr_b is None):
             raise ValueError(f"give both zr_a and zr_b or neither, Received: {zr_a=}, {zr_b=}")
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} exists; pass overwrite=true to replace it")
         self.height, self.width = int(height), int(width)
+        self.quantity = QUANTITIES[quantity]
         grid = _check_grid(grid, self.height, self.width)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self._tmp_path = temporary_path(self.path)
         self._file: h5py.File | None = h5py.File(self._tmp_path, "w")
         self._count = 0
         self._last_time: int | None = None
+        self._last_event: int | None = None
         self._has_events: bool | None = None
         try:
             self._create_layout(grid, minutes_per_frame, zr_a, zr_b)
@@ -160,8 +228,8 @@ class StoreWriter:
     ) -> None:
         f = self._file
         f.attrs["nowcast_store_version"] = STORE_VERSION
-        f.attrs["quantity"] = "DBZH"
-        f.attrs["units"] = "dBZ"
+        f.attrs["quantity"] = self.quantity.name
+        f.attrs["units"] = self.quantity.units
         f.attrs["minutes_per_frame"] = minutes_per_frame
         if zr_a is not None:
             f.attrs["zr_a"] = float(zr_a)
@@ -177,50 +245,53 @@ class StoreWriter:
             chunks=(1, self.height, self.width),
             compression="gzip",
             compression_opts=_GZIP_LEVEL,
-            shuffle=True,
         )
-        frames.attrs["gain"] = GAIN_DBZ
-        frames.attrs["offset"] = OFFSET_DBZ
+        frames.attrs["gain"] = self.quantity.gain
+        frames.attrs["offset"] = self.quantity.offset
         frames.attrs["nodata"] = NODATA_RAW
         frames.attrs["undetect"] = UNDETECT_RAW
-        for name, dtype in (("times", np.int64), ("valid_fraction", np.float32)):
-            f.create_dataset(
-                name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(_TIME_CHUNK,)
-            )
+        f.create_dataset(
+            "times", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(_TIME_CHUNK,)
+        )
+        f.create_dataset(
+            "histogram",
+            shape=(0, N_RAW),
+            maxshape=(None, N_RAW),
+            dtype=np.uint32,
+            chunks=(_HISTOGRAM_CHUNK, N_RAW),
+            compression="gzip",
+            compression_opts=_GZIP_LEVEL,
+            shuffle=True,
+        )
 
     def append(
         self,
-        frames_dbz: np.ndarray,
+        frames: np.ndarray,
         times: np.ndarray,
         events: np.ndarray | None = None,
     ) -> None:
         """Add a block of frames.
 
         Args:
-            frames_dbz: (n, height, width) reflectivity in dBZ; NaN = no data (outside
-                coverage), -inf or anything at or below -32 dBZ = no echo.
-            times: (n,) int64 seconds since 1970-01-01 UTC, or datetime64; strictly increasing,
-                also across blocks.
+            frames: (n, height, width) values in the store's units (dBZ for reflectivity);
+                NaN = no data (outside coverage), -inf or anything at or below the floor
+                (-32 dBZ) = no echo; +inf is an error.
+            times: (n,) int64 seconds since 1970-01-01 UTC, or datetime64; strictly increasing
+                within an event (with no events: throughout), also across blocks.
             events: optional (n,) int event ids; give them in every block or in none.
         """
         if self._file is None:
             raise ValueError(f"the writer for {self.path} is closed; open a new StoreWriter")
-        frames_dbz = np.asarray(frames_dbz)
-        if frames_dbz.ndim != 3 or frames_dbz.shape[1:] != (self.height, self.width):
+        frames = np.asarray(frames)
+        if frames.ndim != 3 or frames.shape[1:] != (self.height, self.width):
             raise ValueError(
-                f"frames_dbz must have shape (n, {self.height}, {self.width}), "
-                f"Received: shape={frames_dbz.shape}"
+                f"frames must have shape (n, {self.height}, {self.width}), "
+                f"Received: shape={frames.shape}"
             )
-        n = frames_dbz.shape[0]
+        n = frames.shape[0]
         times = _as_epoch_seconds(times)
         if times.shape != (n,):
             raise ValueError(f"times must have shape ({n},), Received: shape={times.shape}")
-        previous = [] if self._last_time is None else [self._last_time]
-        if n and np.any(np.diff(np.concatenate([previous, times])) <= 0):
-            raise ValueError(
-                f"times must be strictly increasing (also after the last appended time "
-                f"{self._last_time}), Received: {times[:5]}..."
-            )
         has_events = events is not None
         if self._has_events is not None and has_events != self._has_events:
             raise ValueError("give events with every appended block or with none")
@@ -232,35 +303,43 @@ class StoreWriter:
                     f"events must be ({n},) integers, "
                     f"Received: shape={events.shape}, dtype={events.dtype}"
                 )
+            events = events.astype(np.int64)
         if n == 0:
             return
+        previous = self._last_time is not None
+        all_times = np.concatenate([[self._last_time], times]) if previous else times
+        all_events = None
+        if has_events:
+            all_events = np.concatenate([[self._last_event], events]) if previous else events
+        if not times_increase(all_times, all_events):
+            raise ValueError(
+                f"times must be strictly increasing within an event (also after the last "
+                f"appended time {self._last_time}), Received: {times[:5]}..."
+            )
 
-        nodata = np.isnan(frames_dbz)
-        scaled = np.rint((frames_dbz.astype(np.float32) - OFFSET_DBZ) / GAIN_DBZ)
-        # NaN and -inf become undetect first (the cast would be undefined); NaN is then nodata.
-        raw = np.clip(np.nan_to_num(scaled, nan=0.0, neginf=0.0), 0, _MAX_ECHO_RAW)
-        raw = raw.astype(np.uint8)
-        raw[nodata] = NODATA_RAW
-        valid_fraction = 1.0 - nodata.mean(axis=(1, 2), dtype=np.float64)
-
+        if np.issubdtype(frames.dtype, np.floating) and np.isposinf(frames).any():
+            frame = int(np.isposinf(frames).any(axis=(1, 2)).argmax())
+            raise ValueError(
+                f"frames hold +inf ({int(np.isposinf(frames).sum())} pixels, the first in frame "
+                f"{self._count + frame}), which is no measurement; mark no data as NaN and no "
+                f"echo as -inf. {self.path} was not written"
+            )
+        raw = encode(frames, self.quantity)
         f = self._file
         stop = self._count + n
-        for name, values in (
-            ("frames", raw),
-            ("times", times),
-            ("valid_fraction", valid_fraction.astype(np.float32)),
-        ):
-            f[name].resize(stop, axis=0)
-            f[name][self._count : stop] = values
+        columns = [("frames", raw), ("times", times), ("histogram", raw_histograms(raw))]
         if has_events:
             if "events" not in f:
                 f.create_dataset(
                     "events", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(_TIME_CHUNK,)
                 )
-            f["events"].resize(stop, axis=0)
-            f["events"][self._count : stop] = events.astype(np.int64)
+            columns.append(("events", events))
+        for name, values in columns:
+            f[name].resize(stop, axis=0)
+            f[name][self._count : stop] = values
         self._count = stop
         self._last_time = int(times[-1])
+        self._last_event = int(events[-1]) if has_events else None
 
     def close(self) -> Path:
         """Finish the file and move it to the target path; returns that path."""
@@ -271,7 +350,7 @@ class StoreWriter:
             raise ValueError(f"no frames were appended; {self.path} was not written")
         self._file.close()
         self._file = None
-        os.replace(self._tmp_path, self.path)
+        publish(self._tmp_path, self.path)
         return self.path
 
     def abort(self) -> None:
@@ -293,12 +372,13 @@ class StoreWriter:
 
 def write_store(
     path: str | os.PathLike,
-    frames_dbz: np.ndarray,
+    frames: np.ndarray,
     times: np.ndarray,
     *,
     grid: Mapping[str, Any],
     minutes_per_frame: float,
     events: np.ndarray | None = None,
+    quantity: str = REFLECTIVITY.name,
     zr_a: float | None = None,
     zr_b: float | None = None,
     overwrite: bool = False,
@@ -306,27 +386,30 @@ def write_store(
     """Write frames held in memory as a store in one go (see StoreWriter for the arguments).
 
     Args:
-        frames_dbz: (T, H, W) dBZ, NaN = no data, -inf or <= -32 dBZ = no echo.
-        times: (T,) int64 seconds since 1970-01-01 UTC or datetime64, strictly increasing.
+        frames: (T, H, W) values in the quantity's units (dBZ: NaN = no data, -inf or
+            <= -32 dBZ = no echo).
+        times: (T,) int64 seconds since 1970-01-01 UTC or datetime64, strictly increasing
+            within an event.
 
     Returns:
         The path of the written store.
     """
-    frames_dbz = np.asarray(frames_dbz)
-    if frames_dbz.ndim != 3:
-        raise ValueError(f"frames_dbz must be (T, H, W), Received: shape={frames_dbz.shape}")
-    _, height, width = frames_dbz.shape
+    frames = np.asarray(frames)
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be (T, H, W), Received: shape={frames.shape}")
+    _, height, width = frames.shape
     with StoreWriter(
         path,
         height=height,
         width=width,
         grid=grid,
         minutes_per_frame=minutes_per_frame,
+        quantity=quantity,
         zr_a=zr_a,
         zr_b=zr_b,
         overwrite=overwrite,
     ) as writer:
-        writer.append(frames_dbz, times, events)
+        writer.append(frames, times, events)
     return writer.path
 
 
@@ -348,6 +431,8 @@ class Store:
     are read on demand through an h5py handle opened lazily in each process, so a Store can be
     pickled and used from tf.data or multiprocessing workers (h5py objects cannot be pickled,
     and a handle must not cross a fork). Threads share the handle; h5py serialises access.
+    Per-frame statistics (coverage, wet fractions) come from `/histogram` in blocks, so
+    memory grows only by a few numbers per frame, never with the frame size.
 
     Args:
         path: the store file.
@@ -360,9 +445,11 @@ class Store:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._file: h5py.File | None = None
-        self._frames: h5py.Dataset | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}
         self._pid: int | None = None
         self._valid_fraction: np.ndarray | None = None
+        self._wet_fractions: dict[float, np.ndarray] = {}
+        self._counted_frames = False
         with self._open_file() as f:
             self._read_metadata(f)
 
@@ -398,10 +485,8 @@ class Store:
                 if not isinstance(f.get(name), h5py.Dataset):
                     raise fail(f"no /{name} dataset")
             frames, times = f["frames"], f["times"]
-            if frames.ndim != 3 or frames.dtype not in (np.uint8, np.uint16):
-                raise fail(
-                    f"/frames must be (T, H, W) uint8 or uint16, is {frames.shape} {frames.dtype}"
-                )
+            if frames.ndim != 3 or frames.dtype != np.uint8:
+                raise fail(f"/frames must be (T, H, W) uint8, is {frames.shape} {frames.dtype}")
             missing = [
                 a for a in ("gain", "offset", "nodata", "undetect") if a not in frames.attrs
             ]
@@ -411,23 +496,21 @@ class Store:
             self._offset = float(frames.attrs["offset"])
             self._nodata = int(frames.attrs["nodata"])
             self._undetect = int(frames.attrs["undetect"])
-            self._dtype = frames.dtype
             self._shape = tuple(int(s) for s in frames.shape)
             n = self._shape[0]
             self._times = np.asarray(times[...], dtype=np.int64)
             if self._times.shape != (n,):
                 raise fail(f"/times has shape {self._times.shape}, /frames has {n} frames")
-            if n > 1 and np.any(np.diff(self._times) <= 0):
-                raise fail("/times is not strictly increasing")
             self._events = None
             if "events" in f:
                 self._events = np.asarray(f["events"][...], dtype=np.int64)
                 if self._events.shape != (n,):
                     raise fail(f"/events has shape {self._events.shape}, /frames has {n} frames")
-            if "valid_fraction" in f:
-                self._valid_fraction = np.asarray(f["valid_fraction"][...], dtype=np.float64)
-                if self._valid_fraction.shape != (n,):
-                    raise fail(f"/valid_fraction has shape {self._valid_fraction.shape}")
+            if not times_increase(self._times, self._events):
+                raise fail("/times is not strictly increasing within an event")
+            self._has_histogram = "histogram" in f
+            if self._has_histogram and f["histogram"].shape != (n, N_RAW):
+                raise fail(f"/histogram has shape {f['histogram'].shape}, expected ({n}, {N_RAW})")
             self._attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
             grid = f.get("grid")
             self._grid = {} if grid is None else {k: _attr_value(v) for k, v in grid.attrs.items()}
@@ -435,9 +518,8 @@ class Store:
             raise StoreError(f"{self.path} is corrupt ({err}); write it again") from None
         if "minutes_per_frame" not in self._attrs:
             raise fail("no minutes_per_frame attribute")
-        # Raw value -> dBZ in one table lookup per pixel.
-        lut = np.arange(np.iinfo(self._dtype).max + 1, dtype=np.float64) * self._gain
-        lut += self._offset
+        # Raw value -> value in one table lookup per pixel.
+        lut = np.arange(N_RAW, dtype=np.float64) * self._gain + self._offset
         lut[self._undetect] = self._offset
         lut[self._nodata] = np.nan
         self._lut = lut.astype(np.float32)
@@ -467,11 +549,11 @@ class Store:
 
     @property
     def units(self) -> str:
-        return str(self._attrs.get("units", "dBZ"))
+        return str(self._attrs.get("units", REFLECTIVITY.units))
 
     @property
     def quantity(self) -> str:
-        return str(self._attrs.get("quantity", "DBZH"))
+        return str(self._attrs.get("quantity", REFLECTIVITY.name))
 
     @property
     def minutes_per_frame(self) -> float:
@@ -486,44 +568,90 @@ class Store:
         return float(self._attrs["zr_a"]), float(self._attrs["zr_b"])
 
     @property
-    def undetect_dbz(self) -> float:
-        """The value no echo reads as (dBZ)."""
+    def undetect_value(self) -> float:
+        """The value no echo reads as, in the store's units (-32 dBZ for reflectivity)."""
         return self._offset
+
+    @property
+    def raw_values(self) -> np.ndarray:
+        """(256,) float32 value of each raw value (NaN for nodata): the histogram's bins."""
+        return self._lut.copy()
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """The dataset `name` through this process's handle (looked up once: it is not free)."""
+        pid = os.getpid()
+        if self._file is None or self._pid != pid:
+            with self._lock:
+                if self._file is None or self._pid != pid:
+                    self._file = self._open_file()
+                    self._datasets = {}
+                    self._pid = pid
+        if name not in self._datasets:
+            self._datasets[name] = self._file[name]
+        return self._datasets[name]
+
+    def _read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        try:
+            return self._dataset(name)[start:stop]
+        except (OSError, RuntimeError, KeyError) as err:
+            raise StoreError(
+                f"{self.path}: /{name} rows {start}:{stop} could not be read ({err}); the file "
+                "is corrupt, write it again"
+            ) from None
+
+    def histogram_blocks(self) -> Iterator[np.ndarray]:
+        """Per-frame raw-value counts, (n, 256) uint32, in blocks of consecutive frames.
+
+        Read from `/histogram`; a version-1 store without it has its frames counted instead.
+        """
+        if not self._has_histogram and not self._counted_frames:
+            log.info("%s has no /histogram (an older store): counting its frames", self.path)
+            self._counted_frames = True
+        block = _HISTOGRAM_CHUNK * 4 if self._has_histogram else 256
+        for start in range(0, len(self), block):
+            stop = min(start + block, len(self))
+            if self._has_histogram:
+                yield self._read_rows("histogram", start, stop)
+            else:
+                yield raw_histograms(self._read_rows("frames", start, stop))
 
     @property
     def valid_fraction(self) -> np.ndarray:
         """(T,) float64 fraction of pixels per frame that are not no-data."""
         if self._valid_fraction is None:
-            fractions = []
-            for start in range(0, len(self), 256):
-                raw = self._read_raw(start, min(start + 256, len(self)))
-                fractions.append(1.0 - (raw == self._nodata).mean(axis=(1, 2)))
-            self._valid_fraction = np.concatenate(fractions) if fractions else np.zeros(0)
+            pixels = self._shape[1] * self._shape[2]
+            self._valid_fraction = np.concatenate(
+                [1.0 - counts[:, self._nodata] / pixels for counts in self.histogram_blocks()]
+                or [np.zeros(0)]
+            )
         return self._valid_fraction
 
-    def _dataset(self) -> h5py.Dataset:
-        pid = os.getpid()
-        if self._frames is None or self._pid != pid:
-            with self._lock:
-                if self._frames is None or self._pid != pid:
-                    self._file = self._open_file()
-                    self._frames = self._file["frames"]
-                    self._pid = pid
-        return self._frames
+    def wet_fraction(self, threshold: float) -> np.ndarray:
+        """(T,) float64 fraction of each frame's valid pixels at or above `threshold`.
 
-    def _read_raw(self, start: int, stop: int) -> np.ndarray:
-        try:
-            return self._dataset()[start:stop]
-        except (OSError, RuntimeError) as err:
-            raise StoreError(
-                f"{self.path}: frames {start}:{stop} could not be read ({err}); the file is "
-                "corrupt, write it again"
-            ) from None
+        Args:
+            threshold: in the store's units (dBZ for reflectivity); values are the ones `read`
+                returns, so no echo counts as the floor (-32 dBZ).
+
+        Frames without valid pixels have fraction 0.
+        """
+        threshold = float(threshold)
+        if threshold not in self._wet_fractions:
+            wet_bins = np.nan_to_num(self._lut, nan=-np.inf) >= threshold
+            valid_bins = ~np.isnan(self._lut)
+            fractions = []
+            for counts in self.histogram_blocks():
+                counts = counts.astype(np.float64)
+                valid = counts @ valid_bins
+                wet = counts @ wet_bins
+                fractions.append(np.divide(wet, valid, out=np.zeros_like(wet), where=valid > 0))
+            self._wet_fractions[threshold] = np.concatenate(fractions or [np.zeros(0)])
+        return self._wet_fractions[threshold]
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Frames start..stop-1 as (stop - start, H, W) float32 dBZ.
+        """Frames start..stop-1 as (stop - start, H, W) float32 in the store's units.
 
-        No data (outside coverage) is NaN; no echo is `undetect_dbz` (-32 dBZ as written by
+        No data (outside coverage) is NaN; no echo is `undetect_value` (-32 dBZ as written by
         StoreWriter).
         """
         if not 0 <= start < stop <= len(self):
@@ -531,14 +659,15 @@ class Store:
                 f"expected 0 <= start < stop <= {len(self)} for {self.path}, "
                 f"Received: {start=}, {stop=}"
             )
-        return self._lut[self._read_raw(int(start), int(stop))]
+        return np.take(self._lut, self._read_rows("frames", int(start), int(stop)))
 
     def close(self) -> None:
         """Close the h5py handle of this process (it reopens on the next read)."""
         with self._lock:
             if self._file is not None and self._pid == os.getpid():
                 self._file.close()
-            self._file = self._frames = self._pid = None
+            self._file = self._pid = None
+            self._datasets = {}
 
     def __enter__(self) -> Store:
         return self
@@ -548,7 +677,7 @@ class Store:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_lock=None, _file=None, _frames=None, _pid=None)
+        state.update(_lock=None, _file=None, _datasets={}, _pid=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -11,6 +11,65 @@ import numpy as np
 SPLITS = ("train", "val", "test")
 
 
+def same_event(events: np.ndarray | None, n_frames: int) -> np.ndarray:
+    """(n_frames - 1,) bool: frames i and i+1 share an event (all True without events)."""
+    if events is None:
+        return np.ones(max(n_frames - 1, 0), dtype=bool)
+    events = np.asarray(events)
+    if events.shape != (n_frames,):
+        raise ValueError(
+            f"events must have one id per frame ({n_frames},), Received: shape={events.shape}"
+        )
+    return events[1:] == events[:-1]
+
+
+def times_increase(times: np.ndarray, events: np.ndarray | None = None) -> bool:
+    """Whether times are strictly increasing within every event (throughout without events).
+
+    Events may overlap in time (SEVIR's storm events happen at the same time in different
+    places), so time may step back where the event id changes.
+    """
+    times = np.asarray(times)
+    return not np.any(np.diff(times)[same_event(events, times.size)] <= 0)
+
+
+def _run_first(joined: np.ndarray) -> np.ndarray:
+    """Index of the first frame of each frame's run, from `joined[i]` (frames i, i+1 joined)."""
+    n = joined.size + 1
+    starts_run = np.concatenate([[True], ~joined])
+    return np.maximum.accumulate(np.where(starts_run, np.arange(n), 0))
+
+
+def _joined(times: np.ndarray, minutes_per_frame: float, events: np.ndarray | None) -> np.ndarray:
+    """joined[i]: frames i and i+1 are one step apart within one event, so may share a window."""
+    return (np.diff(times) == minutes_per_frame * 60) & same_event(events, times.size)
+
+
+def longest_run(
+    times: np.ndarray, *, minutes_per_frame: float, events: np.ndarray | None = None
+) -> int:
+    """The most consecutive frames, evenly spaced within one event (0 for no frames)."""
+    times = np.asarray(times)
+    if times.size == 0:
+        return 0
+    run_first = _run_first(_joined(times, minutes_per_frame, events))
+    return int(np.max(np.arange(times.size) - run_first) + 1)
+
+
+def window_means(per_frame: np.ndarray, starts: np.ndarray, window_length: int) -> np.ndarray:
+    """Mean of a per-frame quantity over each window, (N,) float64.
+
+    Args:
+        per_frame: (T,) values, e.g. the fraction of valid or wet pixels of each frame (every
+            frame has the same number of pixels, so the window's fraction is this mean).
+        starts: (N,) window start indices.
+        window_length: frames per window.
+    """
+    cumulative = np.concatenate([[0.0], np.cumsum(np.asarray(per_frame, dtype=np.float64))])
+    starts = np.asarray(starts, dtype=np.int64)
+    return (cumulative[starts + window_length] - cumulative[starts]) / window_length
+
+
 def make_windows(
     times: np.ndarray,
     *,
@@ -72,25 +131,14 @@ def make_windows(
             f"fewer frames than one window: a window needs n_in + n_out = {length} frames, "
             f"Received: {times.size} frames"
         )
-    steps = np.diff(times)
-    if np.any(steps <= 0):
-        raise ValueError(f"times must be strictly increasing; step {steps.min()} s found")
-    # joined[i]: frames i and i+1 may sit in the same window.
-    joined = steps == minutes_per_frame * 60
-    if events is not None:
-        events = np.asarray(events)
-        if events.shape != times.shape:
-            raise ValueError(
-                f"events must have the shape of times {times.shape}, Received: {events.shape}"
-            )
-        joined &= events[1:] == events[:-1]
+    if not times_increase(times, events):
+        raise ValueError("times must be strictly increasing within each event")
+    joined = _joined(times, minutes_per_frame, events)
     breaks = np.concatenate([[0], np.cumsum(~joined)])
     candidates = np.arange(times.size - length + 1)
     # No break between a window's first and last frame.
     inside = breaks[candidates + length - 1] == breaks[candidates]
-    run_first = np.maximum.accumulate(
-        np.where(np.concatenate([[True], ~joined]), np.arange(times.size), 0)
-    )
+    run_first = _run_first(joined)
     on_stride = (candidates - run_first[candidates]) % stride == 0
     return candidates[inside & on_stride].astype(np.int64)
 
@@ -116,10 +164,13 @@ def split_windows(
     block_hours: float,
     val_fraction: float,
     test_fraction: float,
+    events: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Assign windows to train/val/test by contiguous blocks of time, so no splits share a frame.
 
-    Time is cut into blocks of `block_hours`, counted from `times[0]`. Blocks are dealt out in
+    Time is cut into blocks of `block_hours`, counted from `times[0]`. With events, every frame
+    counts at the time of its event's first frame, so whole events go to one split (events may
+    overlap in time, as SEVIR's do; each is placed by when it starts). Blocks are dealt out in
     time order: block k goes to the split whose deficit `(k + 1) * fraction - blocks_so_far`
     is largest (ties: train, val, test). Every split thus holds blocks spread over the whole
     period, val and test blocks interleave with train blocks, and after any number of blocks
@@ -132,6 +183,7 @@ def split_windows(
         window_length: frames per window (n_in + n_out).
         block_hours: length of a block of time (hours, > 0).
         val_fraction, test_fraction: shares of the blocks, each in [0, 1), sum < 1.
+        events: optional (T,) event id per frame (a change of id starts a new event).
 
     Returns:
         {"train", "val", "test"} -> int64 start indices, in the order of `starts`.
@@ -181,9 +233,11 @@ def split_windows(
             f"windows must lie inside the {times.size} frames, Received: starts from "
             f"{starts.min()} to {starts.max()} with window_length={window_length}"
         )
+    if events is not None:
+        times = times[_run_first(same_event(events, times.size))]
     block_seconds = block_hours * 3600.0
-    block_of_frame = ((times - times[0]) // block_seconds).astype(np.int64)
-    block_split = _assign_blocks(int(block_of_frame[-1]) + 1, fractions)
+    block_of_frame = ((times - times.min()) // block_seconds).astype(np.int64)
+    block_split = _assign_blocks(int(block_of_frame.max()) + 1, fractions)
     # changes[b]: number of split changes between block 0 and block b.
     changes = np.concatenate([[0], np.cumsum(block_split[1:] != block_split[:-1])])
     first = block_of_frame[starts]

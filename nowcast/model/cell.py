@@ -209,21 +209,45 @@ class FusedConvLSTMCell(keras.layers.Layer):
             )
         else:
             stacked = h_prev
+        self._check_state_size(c_prev)
+        gates = self._conv(stacked, self.kernel)
+        if not self.layer_norm:
+            gates = gates + self.gate_offset()
+        return self.update(gates, c_prev)
+
+    def _check_state_size(self, c_prev) -> None:
         if self.peephole and tuple(c_prev.shape[1:3]) != self.spatial_dims:
             raise ValueError(
                 f"This peephole cell was built for frames of {self.spatial_dims} (height, width). "
                 f"Received: state shape {tuple(c_prev.shape)}"
             )
-        gates = ops.conv(stacked, self.kernel, padding="same", dilation_rate=self.dilation_rate)
+
+    def _conv(self, x, kernel):
+        return ops.conv(x, kernel, padding="same", dilation_rate=self.dilation_rate)
+
+    def gate_offset(self):
+        """(4F,) added to the convolution before the split: `bias`, plus `forget_bias` on f.
+
+        Only without layer normalisation, which has `gate_beta` instead.
+        """
+        f = self.filters
+        # A constant folded into the bias once per call rather than added at every step.
+        forget = [0.0] * (2 * f) + [self.forget_bias] * f + [0.0] * f
+        return self.bias + ops.convert_to_tensor(forget, self.compute_dtype)
+
+    def update(self, gates, c_prev):
+        """`(h_t, [h_t, c_t])` from the convolution's output and c_{t-1}.
+
+        `gates` (B, H, W, 4F) holds the convolution over `[x_t, h_{t-1}]` plus `gate_offset()`,
+        or, with layer normalisation, the convolution alone.
+        """
         if self.layer_norm:
             gates = _layer_norm(gates, self.gate_gamma, self.gate_beta, groups=4)
-        else:
-            gates = gates + self.bias
         i, j, f, o = ops.split(gates, 4, axis=-1)
         if self.peephole:
             i = i + self.peephole_i * c_prev
             f = f + self.peephole_f * c_prev
-        if self.forget_bias:
+        if self.layer_norm and self.forget_bias:
             f = f + self.forget_bias
         c = c_prev * ops.sigmoid(f) + ops.sigmoid(i) * self.activation(j)
         if self.peephole:
@@ -268,6 +292,13 @@ class ConvLSTM(keras.layers.Layer):
     Sequences here are short (5 to 20 frames), and a static unroll is as fast as a while loop
     on the CPU or faster, and lets XLA see the whole graph on a GPU (REFERENCES.md §9).
 
+    The cell's function and weights, computed with fewer and larger ops: the fused kernel is
+    split along its input-channel axis, the convolution of the inputs of all steps runs once
+    before the loop (one convolution over batch x time frames, with the bias and forget bias
+    folded in), and each step convolves only h_{t-1}, which it skips at the first step when
+    the state starts at zero. The gate order and the rest of the step are the cell's
+    (`FusedConvLSTMCell.update`).
+
     Args:
         filters, kernel_size, forget_bias, activation, peephole, layer_norm, dilation_rate,
         kernel_initializer, bias_initializer: as for `FusedConvLSTMCell`.
@@ -279,7 +310,7 @@ class ConvLSTM(keras.layers.Layer):
             gives batch, height and width, and `steps` the number of steps.
         initial_state: `[h, c]`, each (batch, height, width, filters); zeros if None.
         steps: Number of steps when `inputs` is None; otherwise None or the time length.
-        training: Passed to the cell.
+        training: Unused (the cell has no dropout); kept for the Keras call convention.
 
     Returns:
         `(sequence, [h, c])`: the h of every step, (batch, time, height, width, filters), and
@@ -331,33 +362,59 @@ class ConvLSTM(keras.layers.Layer):
         self.cell.build(frame_shape)
 
     def call(self, inputs=None, initial_state=None, steps=None, training=False):
+        cell = self.cell
         if inputs is None:
             if initial_state is None or steps is None:
                 raise ValueError(
                     "Without inputs, ConvLSTM needs both `initial_state` and `steps`. "
                     f"Received: initial_state={initial_state}, steps={steps}"
                 )
-            frames = [None] * _positive_int(steps, "steps")
+            steps = _positive_int(steps, "steps")
+        elif inputs.shape[1] is None or (steps is not None and steps != inputs.shape[1]):
+            raise ValueError(
+                "ConvLSTM unrolls over a known number of frames: inputs.shape[1] must be "
+                f"set and equal `steps` if given. Received: inputs.shape={inputs.shape}, "
+                f"steps={steps}"
+            )
+        elif inputs.shape[-1] != cell.input_channels:
+            raise ValueError(
+                f"This layer was built for {cell.input_channels} input channels. Received: "
+                f"inputs.shape={tuple(inputs.shape)}"
+            )
         else:
-            if inputs.shape[1] is None or (steps is not None and steps != inputs.shape[1]):
-                raise ValueError(
-                    "ConvLSTM unrolls over a known number of frames: inputs.shape[1] must be "
-                    f"set and equal `steps` if given. Received: inputs.shape={inputs.shape}, "
-                    f"steps={steps}"
-                )
-            frames = ops.unstack(inputs, axis=1)  # T tensors of (B, H, W, C)
+            steps = inputs.shape[1]
+        # Step t's convolution over [x_t, h_{t-1}] is split in two along the kernel's
+        # input-channel axis (x's channels first, then h's): the part over x, which does not
+        # depend on the recurrence, runs once for all frames, as one large convolution.
+        # A split, not two slices: its gradient is one concatenation, whereas each strided
+        # slice's gradient writes a whole kernel of zeros around its part.
+        input_kernel, recurrent_kernel = ops.split(cell.kernel, [cell.input_channels], axis=2)
+        offset = None if cell.layer_norm else cell.gate_offset()
+        if inputs is None:
+            input_gates = [offset] * steps
+        else:
+            # (B, T, H, W, C) -> (B*T, H, W, C) -> (B*T, H, W, 4F) -> T of (B, H, W, 4F)
+            input_gates = cell._conv(
+                ops.reshape(inputs, (-1, *ops.shape(inputs)[2:])), input_kernel
+            )
+            if offset is not None:
+                input_gates = input_gates + offset
+            input_gates = ops.unstack(
+                ops.reshape(input_gates, (-1, steps, *ops.shape(input_gates)[1:])), axis=1
+            )
         if initial_state is None:
+            # h_0 = c_0 = 0: the first step needs no convolution over h.
             shape = ops.shape(inputs)
-            zeros = ops.zeros((shape[0], shape[2], shape[3], self.cell.filters), inputs.dtype)
-            h, c = zeros, zeros
+            h, c = None, ops.zeros((shape[0], shape[2], shape[3], cell.filters), inputs.dtype)
         else:
             h, c = initial_state
+        cell._check_state_size(c)
         outputs = []
-        for frame in frames:
-            # `self.cell.call` rather than `self.cell(...)`: the cell is built in `build()`
-            # and this layer's `__call__` has set the autocast scope, so the per-step Layer
-            # bookkeeping would only add overhead.
-            h, (h, c) = self.cell.call(frame, [h, c], training=training)
+        for gates in input_gates:
+            if h is not None:
+                recurrent_gates = cell._conv(h, recurrent_kernel)
+                gates = recurrent_gates if gates is None else gates + recurrent_gates
+            h, (h, c) = cell.update(gates, c)
             outputs.append(h)
         return ops.stack(outputs, axis=1), [h, c]
 

@@ -14,6 +14,9 @@ from keras import ops
 
 from nowcast.model.cell import ConvLSTM, _int_pair, _positive_int
 
+# The recurrent layers a model can be built with: our fused-gate ConvLSTM, or Keras's own.
+RECURRENT_LAYERS = ("fused", "keras")
+
 # The fields of nowcast.config.StageConfig.
 STAGE_KEYS = (
     "filters",
@@ -73,6 +76,13 @@ class EncoderForecaster(keras.Model):
         head_filters: Filters of the last upsampling and of the 3x3 output convolution.
         forget_bias, activation, peephole, layer_norm: as for `FusedConvLSTMCell`, for every
             ConvLSTM.
+        recurrent: "fused" (`nowcast.model.ConvLSTM`, one convolution per step for all four
+            gates) or "keras" (`keras.layers.ConvLSTM2D`, eight convolutions per step), the
+            same network otherwise, for comparison (scripts/benchmark.py). ConvLSTM2D has
+            no peephole or layer normalisation, initialises the forget-gate bias to 1
+            (`unit_forget_bias`) instead of adding `forget_bias` at run time, so it takes
+            forget_bias 1.0 or 0.0, and rejects zero input channels: the top forecaster stage
+            gets one channel of zeros, which adds kernel_size**2 * 4 * filters weights.
         conv_negative_slope: Slope of the LeakyReLU after each (transposed) convolution.
         **kwargs: Base `keras.Model` arguments (name, dtype, ...).
 
@@ -99,6 +109,7 @@ class EncoderForecaster(keras.Model):
         peephole=False,
         layer_norm=False,
         conv_negative_slope=0.2,
+        recurrent="fused",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -120,8 +131,32 @@ class EncoderForecaster(keras.Model):
                 f"Received: {conv_negative_slope=!r}"
             )
         self.conv_negative_slope = float(conv_negative_slope)
+        if recurrent not in RECURRENT_LAYERS:
+            raise ValueError(
+                f"`recurrent` must be one of {', '.join(RECURRENT_LAYERS)}. Received: "
+                f"{recurrent=!r}"
+            )
+        if recurrent == "keras" and (peephole or layer_norm or forget_bias not in (0.0, 1.0)):
+            raise ValueError(
+                "keras.layers.ConvLSTM2D has no peephole or layer normalisation and a forget "
+                "bias of 1 or 0 (unit_forget_bias). Received: "
+                f"{peephole=}, {layer_norm=}, {forget_bias=}"
+            )
+        self.recurrent = recurrent
 
         def rnn(stage, name):
+            if recurrent == "keras":
+                return keras.layers.ConvLSTM2D(
+                    stage["filters"],
+                    stage["kernel_size"],
+                    padding="same",
+                    activation=activation,
+                    unit_forget_bias=bool(forget_bias),
+                    return_sequences=True,
+                    return_state=True,
+                    dtype=self.dtype_policy,
+                    name=name,
+                )
             return ConvLSTM(
                 stage["filters"],
                 kernel_size=stage["kernel_size"],
@@ -192,6 +227,11 @@ class EncoderForecaster(keras.Model):
             )
         height, width, channels = input_shape[2:]
         self._check_frame_size(height, width)
+        if self.recurrent == "keras" and (height is None or width is None):
+            raise ValueError(
+                "recurrent='keras' (keras.layers.ConvLSTM2D) needs a known frame size. "
+                f"Received: input_shape={input_shape}"
+            )
         for k, stage in enumerate(self.stages):
             self.downsamplers[k].build((None, height, width, channels))
             height, width = (
@@ -203,7 +243,9 @@ class EncoderForecaster(keras.Model):
             if k + 1 < len(self.stages):
                 # The stage above upsamples to this stage's size and filters.
                 inputs = (None, None, height, width, stage["filters"])
-                self.forecaster_rnns[k].build(inputs_shape=inputs)
+                self.forecaster_rnns[k].build(inputs)
+            elif self.recurrent == "keras":
+                self.forecaster_rnns[k].build((None, None, height, width, 1))
             else:
                 self.forecaster_rnns[k].build(initial_state_shape=[state, state])
             self.upsamplers[k].build(state)
@@ -228,23 +270,37 @@ class EncoderForecaster(keras.Model):
         frames = self._leaky(self.upsamplers[0](frames))
         return self.output_conv(self._leaky(self.head(frames)))
 
+    def _recur(self, rnn, inputs, initial_state=None, training=False):
+        """Run one recurrent layer; `(sequence, [h, c])` whichever `recurrent` it is.
+
+        `inputs` (B, T, H, W, C), or None for the top forecaster stage, which then runs
+        `n_out` steps from `initial_state` ([h, c], each (B, H, W, F)).
+        """
+        if self.recurrent == "fused":
+            steps = self.n_out if inputs is None else None
+            return rnn(inputs, initial_state=initial_state, steps=steps, training=training)
+        if inputs is None:
+            # ConvLSTM2D rejects zero input channels: give it one channel of zeros.
+            h = initial_state[0]
+            inputs = ops.zeros((ops.shape(h)[0], self.n_out, *h.shape[1:3], 1), h.dtype)
+        sequence, h, c = rnn(inputs, initial_state=initial_state, training=training)
+        return sequence, [h, c]
+
     def call(self, inputs, training=False):
         self._check_frame_size(inputs.shape[2], inputs.shape[3])
         x = inputs  # (B, T_in, H, W, C)
         states = []
         for downsample, rnn in zip(self.downsamplers, self.encoder_rnns, strict=True):
             x = self._leaky(self._per_frame(downsample, x))  # (B, T_in, H_k, W_k, D_k)
-            x, state = rnn(x, training=training)  # (B, T_in, H_k, W_k, F_k)
+            x, state = self._recur(rnn, x, training=training)  # (B, T_in, H_k, W_k, F_k)
             states.append(state)
         y = None  # the top forecaster stage has no input frames
-        for k in reversed(range(1, len(self.stages))):
-            y, _ = self.forecaster_rnns[k](
-                y, initial_state=states[k], steps=self.n_out, training=training
+        for k in reversed(range(len(self.stages))):
+            y, _ = self._recur(
+                self.forecaster_rnns[k], y, initial_state=states[k], training=training
             )  # (B, n_out, H_k, W_k, F_k)
-            y = self._leaky(self._per_frame(self.upsamplers[k], y))  # (B, n_out, H_k-1, ...)
-        y, _ = self.forecaster_rnns[0](
-            y, initial_state=states[0], steps=self.n_out, training=training
-        )
+            if k:
+                y = self._leaky(self._per_frame(self.upsamplers[k], y))  # (B, n_out, H_k-1, ...)
         return self._per_frame(self._output_frames, y)
 
     def get_config(self):
@@ -259,4 +315,5 @@ class EncoderForecaster(keras.Model):
             "peephole": self.peephole,
             "layer_norm": self.layer_norm,
             "conv_negative_slope": self.conv_negative_slope,
+            "recurrent": self.recurrent,
         }

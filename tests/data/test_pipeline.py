@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
-from nowcast.config import NormalisationConfig
-from nowcast.data.pipeline import make_dataset, window_valid_fraction
+from nowcast.config import DataConfig, NormalisationConfig
+from nowcast.data.pipeline import make_dataset, select_windows
 from nowcast.data.store import Store, write_store
 from nowcast.units import normalise
 
@@ -120,15 +121,6 @@ def test_repeat_reshuffles_each_epoch(store_path):
     assert two_epochs[:12] != two_epochs[12:]
 
 
-def test_window_valid_fraction(store_path):
-    starts = np.array([0, 3, 5, 15])
-    length = N_IN + N_OUT
-    with Store(store_path) as store:
-        expected = [np.mean(~np.isnan(store.read(s, s + length))) for s in starts]
-        np.testing.assert_allclose(window_valid_fraction(store, starts, length), expected)
-    np.testing.assert_allclose(window_valid_fraction(store_path, starts, length), expected)
-
-
 @pytest.mark.parametrize("starts", [[16], [-1], []])
 def test_windows_outside_the_store_are_rejected(store_path, starts):
     with pytest.raises(ValueError, match="starts"):
@@ -142,3 +134,129 @@ def test_windows_outside_the_store_are_rejected(store_path, starts):
             shuffle=False,
             seed=0,
         )
+
+
+# ----- weights and augmentation ------------------------------------------------------------------
+
+SQUARE = 8
+
+
+@pytest.fixture
+def square_store(tmp_path):
+    frames = np.random.default_rng(1).uniform(1.0, 69.0, size=(40, SQUARE, SQUARE))
+    times = np.arange(40, dtype=np.int64) * 300
+    return write_store(tmp_path / "sq.h5", frames, times, grid={}, minutes_per_frame=5)
+
+
+def _symmetries(window: np.ndarray) -> list[np.ndarray]:
+    """The 8 symmetries of a (T, H, W) window, in make_dataset's numbering."""
+    turned = [np.rot90(window, k, axes=(1, 2)) for k in range(4)]
+    return turned + [t[:, :, ::-1] for t in turned]
+
+
+def test_weights_come_with_each_window(store_path):
+    dataset = make_dataset(
+        store_path,
+        np.array([0, 4, 9]),
+        n_in=N_IN,
+        n_out=N_OUT,
+        batch_size=2,
+        norm=NORM,
+        shuffle=False,
+        seed=0,
+        weights=np.array([1.0, 0.25, 1.0]),
+    )
+    batches = [tuple(t.numpy() for t in batch) for batch in dataset]
+    assert [len(b) for b in batches] == [3, 3]
+    np.testing.assert_array_equal(np.concatenate([b[2] for b in batches]), [1.0, 0.25, 1.0])
+    assert _first_frames([b[:2] for b in batches]) == [0, 4, 9]
+
+
+def _augmented(path, seed, starts, n_in=2, n_out=2):
+    dataset = make_dataset(
+        path, starts, n_in=n_in, n_out=n_out, batch_size=1, norm=NORM, shuffle=False,
+        seed=seed, augment=True,
+    )  # fmt: skip
+    return [np.concatenate([x[0, ..., 0], y[0, ..., 0]]) for x, y in dataset.as_numpy_iterator()]
+
+
+def test_augmentation_applies_one_symmetry_to_each_whole_window(square_store):
+    starts = np.arange(36)
+    windows = _augmented(square_store, 3, starts)
+    with Store(square_store) as store:
+        originals = [normalise(store.read(s, s + 4), NORM) for s in starts]
+    used = []
+    for got, original in zip(windows, originals, strict=True):
+        matches = [k for k, t in enumerate(_symmetries(original)) if np.array_equal(got, t)]
+        assert len(matches) == 1  # inputs and targets turned alike
+        used.append(matches[0])
+    assert set(used) == set(range(8))
+    again = _augmented(square_store, 3, starts)
+    assert all(np.array_equal(a, b) for a, b in zip(windows, again, strict=True))
+    other = _augmented(square_store, 4, starts)
+    assert not all(np.array_equal(a, b) for a, b in zip(windows, other, strict=True))
+
+
+def test_augmentation_keeps_the_shape_of_non_square_frames(store_path):
+    windows = _augmented(store_path, 0, np.arange(12))
+    assert all(w.shape == (4, H, W) for w in windows)
+
+
+# ----- which windows a run uses -----------------------------------------------------------------
+
+
+def _data_config(path, **overrides):
+    cfg = OmegaConf.structured(DataConfig(name="test", path=str(path)))
+    cfg.n_in, cfg.n_out, cfg.batch_size = 2, 2, 1
+    cfg.split.block_hours = 1.0
+    cfg.split.val_fraction = cfg.split.test_fraction = 0.2
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+@pytest.fixture
+def day_store(tmp_path):
+    """Ten hours of 5-minute frames: rain in the first half of every hour, dry in the rest."""
+    frames = np.full((120, 6, 6), -np.inf, np.float32)
+    wet = (np.arange(120) % 12) < 6
+    frames[wet, :3, :] = 30.0  # half of the pixels at 30 dBZ
+    frames[:, 5, 5] = np.nan
+    times = np.arange(120, dtype=np.int64) * 300
+    return Store(write_store(tmp_path / "day.h5", frames, times, grid={}, minutes_per_frame=5))
+
+
+def test_select_windows_without_dry_handling_keeps_every_whole_window(day_store):
+    selection = select_windows(day_store, _data_config(day_store.path))
+    assert selection.train_weights is None
+    total = sum(len(s) for s in selection.starts.values())
+    assert total > 80 and all(len(s) for s in selection.starts.values())
+
+
+def test_dry_training_windows_are_skipped_or_down_weighted(day_store):
+    base = select_windows(day_store, _data_config(day_store.path))
+    dry_rule = {"min_wet_fraction": 0.2, "wet_threshold": 20.0}
+    skipped = select_windows(day_store, _data_config(day_store.path, **dry_rule))
+    frames_wet = (np.arange(120) % 12) < 6
+    wet_share = np.array([frames_wet[s : s + 4].mean() * 0.5 for s in base.starts["train"]])
+    np.testing.assert_array_equal(skipped.starts["train"], base.starts["train"][wet_share >= 0.2])
+    for name in ("val", "test"):  # scores see every kind of weather
+        np.testing.assert_array_equal(skipped.starts[name], base.starts[name])
+
+    weighted = select_windows(day_store, _data_config(day_store.path, dry_weight=0.1, **dry_rule))
+    np.testing.assert_array_equal(weighted.starts["train"], base.starts["train"])
+    np.testing.assert_allclose(weighted.train_weights, np.where(wet_share >= 0.2, 1.0, 0.1))
+
+
+def test_mostly_no_data_store_is_one_line_naming_it(tmp_path):
+    frames = np.full((40, 4, 4), np.nan, np.float32)
+    frames[:, 0, 0] = 20.0
+    store = Store(write_store(tmp_path / "empty.h5", frames, np.arange(40) * 300, grid={},
+                              minutes_per_frame=5))  # fmt: skip
+    with pytest.raises(ValueError, match=r"every window of .*empty.h5 is mostly no-data"):
+        select_windows(store, _data_config(store.path))
+
+
+def test_too_few_windows_for_a_batch_names_the_store(day_store):
+    with pytest.raises(ValueError, match=r"the val split of .*day.h5 has \d+ windows, fewer than"):
+        select_windows(day_store, _data_config(day_store.path, batch_size=30))

@@ -60,7 +60,7 @@ def test_round_trip_values_times_and_metadata(tmp_path):
         assert (store.units, store.quantity) == ("dBZ", "DBZH")
         assert store.minutes_per_frame == 5.0
         assert store.zr == (200.0, 1.6)
-        assert store.undetect_dbz == UNDETECT_DBZ == -32.0
+        assert store.undetect_value == UNDETECT_DBZ == -32.0
         np.testing.assert_allclose(store.valid_fraction, 1 - 3 / 12)
         got = store.read(2, 7)
 
@@ -80,8 +80,8 @@ def test_raw_encoding_follows_odim_conventions(tmp_path):
         raw = f["frames"][0, 0]
         attrs = dict(f["frames"].attrs)
         assert f["frames"].chunks == (1, 1, 6)
-        assert f["frames"].compression == "gzip" and f["frames"].shuffle
-        assert f.attrs["nowcast_store_version"] == 1
+        assert f["frames"].compression == "gzip"
+        assert f.attrs["nowcast_store_version"] == 2
     assert raw.dtype == np.uint8
     assert raw.tolist() == [255, 0, 0, 1, 64, 254]
     assert (attrs["gain"], attrs["offset"], attrs["nodata"], attrs["undetect"]) == (
@@ -230,15 +230,38 @@ def test_store_pickles_and_reopens_lazily(tmp_path):
     np.testing.assert_array_equal(store.read(0, 3), expected)  # reopens after close
 
 
-def test_valid_fraction_is_computed_when_not_stored(tmp_path):
+def test_histograms_count_raw_values_and_give_coverage_and_wet_fractions(tmp_path):
     frames, times = _frames()
     frames[4] = np.nan
     path = write_store(tmp_path / "s.h5", frames, times, grid={}, minutes_per_frame=5)
-    stored = Store(path).valid_fraction
+    store = Store(path)
+    with h5py.File(path) as f:
+        histogram, raw = f["histogram"][...], f["frames"][...]
+    assert histogram.shape == (10, 256) and histogram.dtype == np.uint32
+    for k in range(10):
+        np.testing.assert_array_equal(histogram[k], np.bincount(raw[k].ravel(), minlength=256))
+    values = store.read(0, 10)
+    valid = ~np.isnan(values)
+    np.testing.assert_allclose(store.valid_fraction, valid.mean(axis=(1, 2)))
+    assert store.valid_fraction[4] == 0.0
+    wet = (np.nan_to_num(values, nan=-99) >= 20.0).sum(axis=(1, 2))
+    expected = np.divide(wet, valid.sum(axis=(1, 2)), out=np.zeros(10), where=valid.any((1, 2)))
+    np.testing.assert_allclose(store.wet_fraction(20.0), expected)
+
+
+def test_version_1_store_without_histogram_is_read(tmp_path):
+    """Stores written before /histogram existed: statistics are counted from the frames."""
+    frames, times = _frames()
+    path = write_store(tmp_path / "s.h5", frames, times, grid={}, minutes_per_frame=5)
+    with Store(path) as store:
+        expected = store.valid_fraction, store.wet_fraction(10.0), store.read(0, 10)
     with h5py.File(path, "a") as f:
-        del f["valid_fraction"]
-    np.testing.assert_allclose(Store(path).valid_fraction, stored)
-    assert stored[4] == 0.0
+        del f["histogram"]
+        f.attrs["nowcast_store_version"] = 1
+    old = Store(path)
+    np.testing.assert_allclose(old.valid_fraction, expected[0])
+    np.testing.assert_allclose(old.wet_fraction(10.0), expected[1])
+    np.testing.assert_array_equal(old.read(0, 10), expected[2])
 
 
 @pytest.mark.parametrize("start, stop", [(-1, 2), (3, 3), (5, 11)])
@@ -247,3 +270,29 @@ def test_read_range_is_checked(tmp_path, start, stop):
     store = Store(write_store(tmp_path / "s.h5", frames, times, grid={}, minutes_per_frame=5))
     with pytest.raises(ValueError, match="expected 0 <= start < stop <= 10"):
         store.read(start, stop)
+
+
+def test_events_may_overlap_in_time_but_not_go_back_within_one(tmp_path):
+    frames, _ = _frames(6)
+    times = np.array([0, 300, 600, 150, 450, 750])  # event 2 starts during event 1
+    events = np.array([1, 1, 1, 2, 2, 2])
+    path = write_store(
+        tmp_path / "s.h5", frames, times, grid={}, minutes_per_frame=5, events=events
+    )
+    np.testing.assert_array_equal(Store(path).times, times)
+    with pytest.raises(ValueError, match="strictly increasing within an event"):
+        write_store(tmp_path / "t.h5", frames, times, grid={}, minutes_per_frame=5)
+    assert not (tmp_path / "t.h5").exists()
+
+
+def test_vil_store_keeps_sevir_levels(tmp_path):
+    levels = np.array([[[np.nan, 0.0, 3.0, 16.4, 254.0, 300.0]]], np.float32)
+    path = write_store(
+        tmp_path / "v.h5", levels, np.array([0]), grid={}, minutes_per_frame=5, quantity="VIL"
+    )
+    store = Store(path)
+    assert (store.quantity, store.units, store.undetect_value) == ("VIL", "VIL level", 0.0)
+    np.testing.assert_array_equal(store.read(0, 1)[0, 0], [np.nan, 0.0, 3.0, 16.0, 254.0, 254.0])
+    with pytest.raises(ValueError, match="unknown store quantity, allowed: DBZH, VIL"):
+        write_store(tmp_path / "x.h5", levels, np.array([0]), grid={}, minutes_per_frame=5,
+                    quantity="RATE")  # fmt: skip

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -157,10 +155,3 @@ def test_config_is_validated(change, match):
     cfg = SyntheticConfig(**({"frames": 4, "height": 16, "width": 16} | change))
     with pytest.raises(ValueError, match=match):
         next(iter_synthetic_frames(cfg))
-
-
-@pytest.mark.slow
-def test_default_store_is_fast_to_write(tmp_path):
-    start = time.perf_counter()
-    write_synthetic_store(tmp_path / "default.h5", SyntheticConfig())
-    assert time.perf_counter() - start < 45.0

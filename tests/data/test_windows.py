@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from nowcast.data import windows
-from nowcast.data.windows import make_windows, split_windows
+from nowcast.data.windows import (
+    longest_run,
+    make_windows,
+    split_windows,
+    times_increase,
+    window_means,
+)
 
 STEP = 300  # 5 minutes
 
@@ -157,3 +163,42 @@ def test_split_rejects_windows_outside_the_frames():
             val_fraction=0.1,
             test_fraction=0.1,
         )
+
+
+def test_events_may_overlap_in_time():
+    """SEVIR storms happen at once in different places: time steps back at an event change."""
+    times = np.concatenate([np.arange(10) * STEP, 3 * STEP + np.arange(10) * STEP])
+    events = np.repeat([0, 1], 10)
+    assert times_increase(times, events) and not times_increase(times)
+    starts = make_windows(times, n_in=3, n_out=2, stride=5, minutes_per_frame=5, events=events)
+    np.testing.assert_array_equal(starts, [0, 5, 10, 15])
+    times[15] = times[13]  # time steps back inside an event
+    with pytest.raises(ValueError, match="strictly increasing within each event"):
+        make_windows(times, n_in=3, n_out=2, minutes_per_frame=5, events=events)
+
+
+def test_split_by_events_keeps_each_event_whole():
+    # Five 2-hour events, each starting on its own day; two of them overlap with the next day.
+    day = 24 * 3600
+    starts_of_events = np.array([0, day, day + 3600, 2 * day, 3 * day])
+    times = np.concatenate([s + np.arange(24) * STEP for s in starts_of_events])
+    events = np.repeat(np.arange(5), 24)
+    starts = make_windows(times, n_in=4, n_out=4, stride=4, minutes_per_frame=5, events=events)
+    splits = split_windows(
+        times, starts, window_length=8, block_hours=24, val_fraction=0.25, test_fraction=0.25,
+        events=events,
+    )  # fmt: skip
+    assert sum(s.size for s in splits.values()) == starts.size  # no window dropped
+    split_of_event = {}
+    for name, chosen in splits.items():
+        for event in np.unique(events[chosen]):
+            assert split_of_event.setdefault(int(event), name) == name
+    assert split_of_event[1] == split_of_event[2]  # events starting the same day go together
+
+
+def test_longest_run_and_window_means():
+    times = np.delete(np.arange(20) * STEP, [7, 8])
+    assert longest_run(times, minutes_per_frame=5) == 11
+    assert longest_run(times, minutes_per_frame=5, events=np.repeat([0, 1], 9)) == 9
+    assert longest_run(np.zeros(0, np.int64), minutes_per_frame=5) == 0
+    np.testing.assert_allclose(window_means(np.arange(6.0), [0, 2, 3], 3), [1.0, 3.0, 4.0])

@@ -149,6 +149,35 @@ def test_matches_numpy_reference(options):
     np.testing.assert_allclose(np.asarray(rnn(xs)[0]), expected[0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"dilation_rate": 2, "kernel_size": (3, 5)},
+        {"forget_bias": 0.0, "activation": "relu"},
+        {"layer_norm": True, "forget_bias": 2.0},
+    ],
+    ids=["dilated", "no-forget-bias", "layer_norm"],
+)
+def test_layer_equals_the_cell_stepped_by_keras_rnn(options):
+    # The layer convolves the inputs of all steps at once and skips the convolution over the
+    # zero h_0; the cell convolves [x_t, h_{t-1}] at every step. Same weights, same outputs.
+    rng = np.random.default_rng(7)
+    xs = rng.normal(size=(2, 4, 9, 8, 3)).astype("float32")
+    layer = ConvLSTM(4, **options)
+    layer.build(xs.shape)
+    _randomise(layer.cell, rng)
+    rnn = keras.layers.RNN(
+        FusedConvLSTMCell(4, **options), return_sequences=True, return_state=True
+    )
+    rnn.build(xs.shape)
+    rnn.cell.set_weights(layer.cell.get_weights())
+    h0, c0 = (rng.normal(size=(2, 9, 8, 4)).astype("float32") for _ in range(2))
+    for state in (None, [h0, c0]):
+        seq, (h, c) = layer(xs, initial_state=state)
+        for got, want in zip((seq, h, c), rnn(xs, initial_state=state), strict=True):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+
+
 def test_matches_keras_conv_lstm2d():
     rng = np.random.default_rng(2)
     xs = rng.normal(size=(2, 5, 7, 6, 3)).astype("float32")

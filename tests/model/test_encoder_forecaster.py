@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from nowcast.config import ModelConfig, StageConfig
-from nowcast.model import EncoderForecaster, build_model
+from nowcast.model import EncoderForecaster, FusedConvLSTMCell, build_model
 
 
 @pytest.fixture(autouse=True)
@@ -111,3 +111,77 @@ def test_build_model_from_each_config_form():
 def test_build_model_unknown_name_lists_the_valid_names():
     with pytest.raises(ValueError, match="'unet'.*encoder_forecaster"):
         build_model({"name": "unet", "stages": TWO_STAGES}, n_out=2)
+
+
+def _keras_to_fused(kernel, recurrent_kernel, bias, forget_bias):
+    """ConvLSTM2D weights as the fused cell's: one kernel over [x, h], gates (i, j, f, o).
+
+    Keras orders the gates (i, f, c, o) and has its forget bias in `bias`; the fused cell adds
+    `forget_bias` at run time, so it is taken out of the copied bias.
+    """
+
+    def to_ijfo(array):
+        i, f, c, o = np.split(array, 4, axis=-1)
+        return np.concatenate([i, c, f, o], axis=-1)
+
+    i, f, c, o = np.split(bias, 4)
+    bias = np.concatenate([i, f - forget_bias, c, o])
+    return [to_ijfo(np.concatenate([kernel, recurrent_kernel], axis=2)), to_ijfo(bias)]
+
+
+def test_keras_recurrent_layers_compute_the_same_network():
+    keras_model = EncoderForecaster(TWO_STAGES, n_out=3, recurrent="keras")
+    fused = EncoderForecaster(TWO_STAGES, n_out=3)
+    inputs = _frames((2, 4, 16, 16, 1))
+    keras_model.build(inputs.shape)
+    fused.build(inputs.shape)
+    rng = np.random.default_rng(1)
+    for variable in keras_model.weights:
+        variable.assign(rng.normal(scale=0.3, size=variable.shape).astype("float32"))
+    for source, target in zip(keras_model.layers, fused.layers, strict=True):
+        assert source.name == target.name
+        weights = source.get_weights()
+        if isinstance(source, keras.layers.ConvLSTM2D):
+            assert isinstance(target.cell, FusedConvLSTMCell)
+            kernel, recurrent_kernel, bias = weights
+            if target.cell.input_channels == 0:
+                # The top forecaster stage: ConvLSTM2D's one zero input channel has weights of
+                # its own, which multiply zeros.
+                assert source.name == "forecaster_rnn_1" and kernel.shape[2] == 1
+                kernel = kernel[:, :, :0]
+            weights = _keras_to_fused(kernel, recurrent_kernel, bias, fused.forget_bias)
+        target.set_weights(weights)
+    # Same states carried from encoder to forecaster, same forecasts.
+    np.testing.assert_allclose(
+        np.asarray(fused(inputs)), np.asarray(keras_model(inputs)), rtol=0, atol=1e-5
+    )
+    top_filters = TWO_STAGES[-1]["filters"]
+    assert keras_model.count_params() - fused.count_params() == 3 * 3 * 4 * top_filters
+
+
+def test_recurrent_option_through_the_config_and_serialisation(tmp_path):
+    cfg = OmegaConf.structured(
+        ModelConfig(stages=[StageConfig(**TWO_STAGES[0])], recurrent="keras")
+    )
+    model = build_model(cfg, n_out=2, input_shape=(16, 16, 1))
+    assert all(isinstance(rnn, keras.layers.ConvLSTM2D) for rnn in model.encoder_rnns)
+    inputs = _frames((1, 2, 16, 16, 1))
+    expected = np.asarray(model(inputs))
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.get_config()["recurrent"] == "keras"
+    np.testing.assert_allclose(np.asarray(loaded(inputs)), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"recurrent": "torch"}, "fused, keras.*'torch'"),
+        ({"recurrent": "keras", "peephole": True}, "peephole=True"),
+        ({"recurrent": "keras", "layer_norm": True}, "layer_norm=True"),
+        ({"recurrent": "keras", "forget_bias": 0.5}, "forget_bias=0.5"),
+    ],
+)
+def test_recurrent_option_rejects_what_conv_lstm2d_cannot_do(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EncoderForecaster(TWO_STAGES, n_out=2, **kwargs)

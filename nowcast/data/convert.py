@@ -1,0 +1,448 @@
+"""`nowcast-data convert`: radar files of a known format -> one nowcast store.
+
+Steps, each with one-line errors that name the file (see nowcast.data.sources):
+
+1. Find the input files (a file, a folder of HDF5 files, or a glob) and read each one's frame
+   times, quantity and grid, without reading pixels.
+2. Check that every frame has the quantity and grid of the first one.
+3. Infer the time step (the most common step between frames, in whole minutes) unless
+   `minutes_per_frame` is given, and round scan times to that step on the clock (radar
+   products stamp scans a few seconds off the nominal time). SEVIR events keep their times.
+4. Sort by time (events by their first frame); of frames with the same time (within an event),
+   keep the first in file-name order and log a warning.
+5. Read the frames in that order, a block at a time, crop them (a pixel window, centred by
+   default) and block-average them in physical units (rain rate in mm/h via Z-R for
+   reflectivity, kg/m^2 for SEVIR VIL; a block with fewer than half of its pixels valid is no
+   data), and write the store atomically: a failure leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nowcast.config import ConvertCommandConfig, CropConfig
+from nowcast.data import knmi, odim, sevir
+from nowcast.data.sources import SourceError, SourceFrame, find_inputs, iso
+from nowcast.data.store import REFLECTIVITY, VIL, Store, StoreWriter
+from nowcast.units import dbz_to_rain, rain_to_dbz
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("odim", "knmi", "sevir", "store")
+_QUANTITY_OPTIONS = {"odim": tuple(odim.QUANTITY_UNITS), "knmi": knmi.QUANTITIES}
+_GRID_OWN_KEYS = ("projdef", "xsize", "ysize", "xscale", "yscale")
+_CROP_KEYS = ("crop_top", "crop_left", "downsample", "source_xsize", "source_ysize")
+_BLOCK_FRAMES = 32
+_DUPLICATES_LOGGED = 10
+
+
+@dataclass
+class ConvertResult:
+    """What `convert` wrote."""
+
+    path: Path
+    frames: int
+    height: int
+    width: int
+    minutes_per_frame: float
+    duplicates: int
+
+
+def _scan_store(path: Path) -> list[SourceFrame]:
+    store = Store(path)
+    shape, grid, events = (store.shape[1], store.shape[2]), store.grid, store.events
+    return [
+        SourceFrame(
+            f"{path} frame {index}",
+            int(time),
+            store.quantity,
+            shape,
+            grid,
+            partial(_read_store_frame, store, index),
+            None if events is None else f"{path}#{events[index]}",
+        )
+        for index, time in enumerate(store.times)
+    ]
+
+
+def _read_store_frame(store: Store, index: int) -> np.ndarray:
+    return store.read(index, index + 1)[0]
+
+
+def _scanner(cfg: Any) -> Callable[[Path], list[SourceFrame]]:
+    """The reader of `cfg.format`, with its options bound."""
+    if cfg.format not in FORMATS:
+        raise ValueError(
+            f"unknown format, allowed: {', '.join(FORMATS)}. Received: format={cfg.format!r}"
+        )
+    allowed = _QUANTITY_OPTIONS.get(cfg.format, ())
+    if cfg.quantity is not None and cfg.quantity not in allowed:
+        raise ValueError(
+            f"format={cfg.format} reads quantity= {', '.join(allowed) or '(not an option)'}. "
+            f"Received: quantity={cfg.quantity!r}"
+        )
+    zr = {"zr_a": cfg.zr_a, "zr_b": cfg.zr_b}
+    if cfg.format == "odim":
+        return partial(odim.scan_odim, quantity=cfg.quantity, **zr)
+    if cfg.format == "knmi":
+        return partial(knmi.scan_knmi, quantity=cfg.quantity, **zr)
+    if cfg.format == "sevir":
+        catalog = None if cfg.catalog is None else Path(cfg.catalog).expanduser()
+        return partial(sevir.scan_sevir, catalog=catalog)
+    return _scan_store
+
+
+def _same_grid(a: Any, b: Any) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return a.shape == b.shape and np.allclose(a, b, rtol=1e-9, atol=0.0)
+
+
+def _check_consistent(frames: list[SourceFrame]) -> None:
+    """Every frame has the first frame's quantity, shape and grid description."""
+    first = frames[0]
+    for frame in frames[1:]:
+        if frame.quantity != first.quantity:
+            raise SourceError(
+                f"{frame.label} holds {frame.quantity}, but {first.label} holds "
+                f"{first.quantity}; convert one quantity at a time"
+            )
+        if frame.shape != first.shape:
+            raise SourceError(
+                f"{frame.label}: grid of {frame.shape[0]}x{frame.shape[1]} pixels differs from "
+                f"the {first.shape[0]}x{first.shape[1]} of {first.label}; convert files of one "
+                "grid at a time"
+            )
+        if frame.grid is first.grid:
+            continue
+        keys = sorted(set(frame.grid) | set(first.grid))
+        for key in keys:
+            if key not in frame.grid or key not in first.grid:
+                raise SourceError(
+                    f"{frame.label}: grid attribute {key} is in only one of this file and "
+                    f"{first.label}; convert files of one grid at a time"
+                )
+            if not _same_grid(frame.grid[key], first.grid[key]):
+                raise SourceError(
+                    f"{frame.label}: grid {key}={frame.grid[key]!r} differs from "
+                    f"{first.grid[key]!r} in {first.label}; convert files of one grid at a time"
+                )
+
+
+def _time_step(frames: list[SourceFrame], minutes_per_frame: float | None) -> int:
+    """The time step in seconds: given, or the most common step within events, in minutes."""
+    if minutes_per_frame is not None:
+        if not minutes_per_frame > 0:
+            raise ValueError(f"minutes_per_frame must be > 0, Received: {minutes_per_frame}")
+        return round(minutes_per_frame * 60)
+    by_event: dict[str | None, list[int]] = {}
+    for frame in frames:
+        by_event.setdefault(frame.event, []).append(frame.time)
+    steps = Counter()
+    for times in by_event.values():
+        minutes = np.rint(np.diff(np.unique(times)) / 60.0).astype(np.int64)
+        steps.update(minutes[minutes > 0].tolist())
+    if not steps:
+        raise SourceError(
+            f"only one frame per time found ({len(frames)} frames in all), so the time step is "
+            "unknown; pass minutes_per_frame= or more files"
+        )
+    return steps.most_common(1)[0][0] * 60
+
+
+def _order(frames: list[SourceFrame], step_s: int) -> tuple[list[SourceFrame], np.ndarray, int]:
+    """Frames in store order with their (snapped) times; duplicates dropped and counted."""
+    snap = all(frame.event is None for frame in frames)
+    kept: dict[tuple[str | None, int], SourceFrame] = {}
+    duplicates = 0
+    for frame in frames:  # in file-name order: the first of two duplicates is kept
+        time = round(frame.time / step_s) * step_s if snap else frame.time
+        key = (frame.event, time)
+        if key in kept:
+            duplicates += 1
+            if duplicates <= _DUPLICATES_LOGGED:
+                log.warning(
+                    "duplicate time %s: kept %s, skipped %s",
+                    iso(time),
+                    kept[key].label,
+                    frame.label,
+                )
+            continue
+        kept[key] = frame
+    if duplicates > _DUPLICATES_LOGGED:
+        log.warning("%d duplicate frames skipped in all (the first of each time kept)", duplicates)
+    event_start: dict[str | None, int] = {}
+    for event, time in kept:
+        event_start[event] = min(time, event_start.get(event, time))
+    keys = sorted(kept, key=lambda k: (event_start[k[0]], str(k[0]), k[1]))
+    return [kept[k] for k in keys], np.array([k[1] for k in keys], dtype=np.int64), duplicates
+
+
+def _crop_window(
+    shape: tuple[int, int], crop: CropConfig, factor: int
+) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the crop in source pixels, checked against the grid."""
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"downsample must be an integer >= 1, Received: downsample={factor}")
+    window = []
+    for axis, (size, offset, extent, name) in enumerate(
+        ((shape[0], crop.top, crop.height, "height"), (shape[1], crop.left, crop.width, "width"))
+    ):
+        offset_name = ("top", "left")[axis]
+        extent = size if extent is None else extent
+        if not 1 <= extent <= size:
+            raise ValueError(
+                f"crop.{name} must be from 1 to the source's {size} pixels, "
+                f"Received: crop.{name}={extent}"
+            )
+        offset = (size - extent) // 2 if offset is None else offset
+        if not 0 <= offset <= size - extent:
+            raise ValueError(
+                f"crop.{offset_name} + crop.{name} must stay inside the source's {size} pixels, "
+                f"Received: crop.{offset_name}={offset}, crop.{name}={extent}"
+            )
+        if extent % factor:
+            raise ValueError(
+                f"the crop's {extent} pixels ({name}) are not a multiple of downsample={factor}; "
+                f"set crop.{name}={extent - extent % factor} (or another multiple)"
+            )
+        window.append((offset, extent))
+    (top, height), (left, width) = window
+    return top, left, height, width
+
+
+def regridded(
+    grid: dict[str, Any], *, top: int, left: int, height: int, width: int, factor: int
+) -> dict[str, Any]:
+    """The grid description after cropping and block-averaging by `factor`.
+
+    xsize, ysize, xscale, yscale describe the new grid; crop_top, crop_left and downsample
+    place it on the source grid (composed with an earlier crop), whose size and other
+    geolocation keys (corners, offsets) are kept with a source_ prefix.
+    """
+    if (top, left, factor) == (0, 0, 1) and (height, width) == (grid["ysize"], grid["xsize"]):
+        return dict(grid)
+    out: dict[str, Any] = {}
+    for key, value in grid.items():
+        if key.startswith("source_") or key == "projdef":
+            out[key] = value
+        elif key not in _GRID_OWN_KEYS and key not in _CROP_KEYS:
+            out[f"source_{key}"] = value
+    earlier = int(grid.get("downsample", 1))
+    out["crop_top"] = int(grid.get("crop_top", 0)) + top * earlier
+    out["crop_left"] = int(grid.get("crop_left", 0)) + left * earlier
+    out["downsample"] = earlier * factor
+    out["source_ysize"] = int(grid.get("source_ysize", grid["ysize"]))
+    out["source_xsize"] = int(grid.get("source_xsize", grid["xsize"]))
+    out["ysize"], out["xsize"] = height // factor, width // factor
+    for key in ("xscale", "yscale"):
+        if key in grid:
+            out[key] = float(grid[key]) * factor
+    return out
+
+
+def _linear_scale(quantity: str, zr_a: float, zr_b: float) -> tuple[Callable, Callable]:
+    """(to, from) the physical linear unit that block averages are taken in."""
+    if quantity == VIL.name:
+        return sevir.vil_level_to_kg_m2, sevir.vil_kg_m2_to_level
+    return partial(dbz_to_rain, a=zr_a, b=zr_b), partial(rain_to_dbz, a=zr_a, b=zr_b)
+
+
+def regrid(
+    frame: np.ndarray,
+    *,
+    top: int,
+    left: int,
+    height: int,
+    width: int,
+    factor: int,
+    to_linear: Callable[[np.ndarray], np.ndarray],
+    from_linear: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Crop a (rows, columns) frame and average blocks of factor x factor pixels.
+
+    Averages are taken in a linear physical unit (`to_linear`, then `from_linear` back), over
+    the block's valid pixels; a block with fewer than half of its pixels valid is no data (NaN).
+
+    Returns:
+        (height // factor, width // factor) float32.
+    """
+    window = frame[top : top + height, left : left + width]
+    if factor == 1:
+        return np.asarray(window, dtype=np.float32)
+    blocks = window.reshape(height // factor, factor, width // factor, factor)
+    valid = ~np.isnan(blocks)
+    linear = np.where(valid, to_linear(np.where(valid, blocks, -np.inf)), 0.0)
+    count = valid.sum(axis=(1, 3))
+    mean = linear.sum(axis=(1, 3)) / np.maximum(count, 1)
+    with np.errstate(divide="ignore"):
+        averaged = np.asarray(from_linear(mean), dtype=np.float32)
+    averaged[2 * count < factor * factor] = np.nan
+    return averaged
+
+
+def _read(frame: SourceFrame) -> np.ndarray:
+    try:
+        values = frame.read()
+    except (OSError, RuntimeError, KeyError) as err:
+        raise SourceError(f"{frame.label}: the data could not be read ({err})") from None
+    if values.shape != frame.shape:
+        raise SourceError(f"{frame.label}: data of shape {values.shape}, expected {frame.shape}")
+    return values
+
+
+def convert(cfg: ConvertCommandConfig) -> ConvertResult:
+    """Convert radar files into a nowcast store (see the module docstring).
+
+    Args:
+        cfg: the `nowcast-data convert` config: format, input, output, overwrite, quantity,
+            catalog, crop, downsample, minutes_per_frame, zr_a, zr_b.
+
+    Returns:
+        What was written.
+
+    Raises:
+        FileNotFoundError: no input; FileExistsError: the output exists and overwrite is false;
+        ValueError (SourceError, StoreError): a bad option or input file, with one line naming
+        it. Nothing is written at the output path unless the whole conversion succeeds.
+    """
+    scan = _scanner(cfg)
+    output = Path(cfg.output).expanduser()
+    if output.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{output} exists; pass overwrite=true to replace it")
+    inputs = find_inputs(cfg.input)
+    log.info("Reading the times of %d file(s) from %s", len(inputs), cfg.input)
+    frames = scan(inputs[0])
+    if not frames:
+        raise SourceError(f"no frames found in {inputs[0]}")
+    # Check the crop against the first file's grid before reading the times of all the others.
+    top, left, height, width = _crop_window(frames[0].shape, cfg.crop, cfg.downsample)
+    frames += [frame for path in inputs[1:] for frame in scan(path)]
+    _check_consistent(frames)
+    step_s = _time_step(frames, cfg.minutes_per_frame)
+    frames, times, duplicates = _order(frames, step_s)
+    event_ids = None
+    if frames[0].event is not None:
+        numbers: dict[str | None, int] = {}  # events numbered 0, 1, ... in store order
+        event_ids = np.array([numbers.setdefault(f.event, len(numbers)) for f in frames])
+
+    reference = frames[0]
+    grid = {"ysize": reference.shape[0], "xsize": reference.shape[1], **reference.grid}
+    factor = int(cfg.downsample)
+    quantity = VIL if reference.quantity == VIL.name else REFLECTIVITY
+    to_linear, from_linear = _linear_scale(quantity.name, cfg.zr_a, cfg.zr_b)
+    zr = {} if quantity is VIL else {"zr_a": cfg.zr_a, "zr_b": cfg.zr_b}
+    out_grid = regridded(grid, top=top, left=left, height=height, width=width, factor=factor)
+    crop = partial(
+        regrid,
+        top=top,
+        left=left,
+        height=height,
+        width=width,
+        factor=factor,
+        to_linear=to_linear,
+        from_linear=from_linear,
+    )
+    valid_pixels = 0
+    with StoreWriter(
+        output,
+        height=height // factor,
+        width=width // factor,
+        grid=out_grid,
+        minutes_per_frame=step_s / 60.0,
+        quantity=quantity.name,
+        overwrite=cfg.overwrite,
+        **zr,
+    ) as writer:
+        progress_every = max(len(frames) // 10, _BLOCK_FRAMES)
+        for start in range(0, len(frames), _BLOCK_FRAMES):
+            stop = min(start + _BLOCK_FRAMES, len(frames))
+            block = np.stack([crop(_read(frame)) for frame in frames[start:stop]])
+            valid_pixels += int(np.count_nonzero(~np.isnan(block)))
+            events = None if event_ids is None else event_ids[start:stop]
+            writer.append(block, times[start:stop], events)
+            if stop % progress_every < _BLOCK_FRAMES or stop == len(frames):
+                log.info("Converted %d of %d frames", stop, len(frames))
+        if valid_pixels == 0:
+            raise SourceError(
+                f"every one of the {len(frames)} frames from {cfg.input} is no-data inside the "
+                "crop; check the files' nodata values and the crop; no store was written"
+            )
+    return ConvertResult(
+        path=writer.path,
+        frames=len(frames),
+        height=height // factor,
+        width=width // factor,
+        minutes_per_frame=step_s / 60.0,
+        duplicates=duplicates,
+    )
+
+
+def ordered_frames(cfg: Any, step_s: int) -> tuple[list[SourceFrame], np.ndarray]:
+    """The frames of `cfg.input` in store order, with their times (s), as `convert` orders them.
+
+    Used by `nowcast-predict` to find the newest frames. `cfg` holds format, input, quantity,
+    catalog, zr_a, zr_b as for convert; times are snapped to `step_s` (except in SEVIR events)
+    and duplicates skipped. No pixel is read.
+
+    Raises:
+        FileNotFoundError: no input. SourceError: a file that cannot be read, or no frames.
+    """
+    scan = _scanner(cfg)
+    frames = [frame for path in find_inputs(cfg.input) for frame in scan(path)]
+    if not frames:
+        raise SourceError(f"no frames found in {cfg.input}")
+    frames, times, _ = _order(frames, step_s)
+    return frames, times
+
+
+def source_grid(grid: dict[str, Any]) -> dict[str, Any] | None:
+    """The grid a cropped or downsampled store was cut from, as its source files describe it.
+
+    The inverse of `regridded`; None for a store on its source grid.
+    """
+    if "downsample" not in grid:
+        return None
+    source = {k.removeprefix("source_"): v for k, v in grid.items() if k.startswith("source_")}
+    if "projdef" in grid:
+        source["projdef"] = grid["projdef"]
+    for key in ("xscale", "yscale"):
+        if key in grid:
+            source[key] = float(grid[key]) / int(grid["downsample"])
+    return source
+
+
+def regrid_like(
+    frame: np.ndarray, grid: dict[str, Any], *, quantity: str, zr_a: float, zr_b: float
+) -> np.ndarray:
+    """A frame on the source grid of a store of `grid`, cropped and block-averaged like its frames.
+
+    Args:
+        frame: (rows, columns) float32 in the store's units, on `source_grid(grid)`.
+        grid: a store's grid description with crop_top, crop_left and downsample.
+        quantity: the store's quantity; zr_a, zr_b: its Z-R relation (see `regrid`).
+
+    Returns:
+        (grid ysize, grid xsize) float32.
+    """
+    factor = int(grid.get("downsample", 1))
+    to_linear, from_linear = _linear_scale(quantity, zr_a, zr_b)
+    return regrid(
+        frame,
+        top=int(grid.get("crop_top", 0)),
+        left=int(grid.get("crop_left", 0)),
+        height=int(grid["ysize"]) * factor,
+        width=int(grid["xsize"]) * factor,
+        factor=factor,
+        to_linear=to_linear,
+        from_linear=from_linear,
+    )

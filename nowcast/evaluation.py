@@ -1,0 +1,570 @@
+"""Evaluation: score a trained run's checkpoint the way forecasters score nowcasts.
+
+`evaluate(cfg)` is a plain function (no Hydra decorator), so tests and notebooks call it
+directly; `nowcast.cli.evaluate_main` is the command-line wrapper. It reads the run written by
+`nowcast.training.train` (config.yaml, split.json, checkpoints/), forecasts every window of one
+split batch by batch (memory does not grow with the split), and scores the model beside the
+baselines of nowcast.baselines with nowcast.metrics, in physical units: rain rate (mm/h) for
+reflectivity stores, VIL levels for VIL stores (`scoring_for`). Everything goes to
+`cfg.paths.output_dir` (`<run>/evaluation` by default), written under a temporary name and
+renamed when complete:
+
+    metrics.json       every score per lead time (and threshold or scale), the means over lead
+                       times, the raw contingency counts and sums (to merge or recompute), and
+                       what was scored: run, checkpoint, store, split, thresholds, lead times
+    categorical.csv    per method, lead time and threshold: counts, CSI, POD, FAR, HSS, ETS, bias
+    continuous.csv     per method and lead time: MSE, MAE, B-MSE, B-MAE, FSS per scale
+    summary.txt        the table printed at the end: means over lead times
+    csi.png, hss.png   the score versus lead time, one panel per threshold, every method
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nowcast.baselines import make_baseline
+from nowcast.config import DataConfig, MetricsConfig, ModelConfig, NormalisationConfig
+from nowcast.data.pipeline import WindowDataset, select_windows
+from nowcast.data.store import REFLECTIVITY, VIL, open_store
+from nowcast.data.windows import SPLITS
+from nowcast.metrics import (
+    BALANCED_THRESHOLDS_MMH,
+    BALANCED_WEIGHTS,
+    CATEGORICAL_SCORES,
+    CONTINGENCY_FIELDS,
+    CONTINUOUS_SCORES,
+    ERROR_SUMS,
+    FSS_SUMS,
+    VerificationAccumulator,
+)
+from nowcast.model import build_model
+from nowcast.training import resolve_store
+from nowcast.units import dbz_to_rain, denormalise
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAMES = ("best", "last")
+PLOTTED_SCORES = ("csi", "hss")
+# Config keys every Keras model has; they say nothing about the architecture.
+_GENERIC_MODEL_KEYS = {"name", "trainable", "dtype"}
+
+
+@dataclass
+class EvaluationResult:
+    output_dir: Path
+    metrics: dict
+    summary: str
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How forecasts of a store's quantity are scored: unit and thresholds in that unit.
+
+    `balanced`: whether Shi et al.'s B-MSE and B-MAE (rain-rate weights) apply.
+    """
+
+    unit: str
+    thresholds: list[float]
+    fss_threshold: float
+    balanced: bool
+
+
+def scoring_for(quantity: str, metrics_cfg: MetricsConfig) -> Scoring:
+    """Reflectivity is scored as rain rate (mm/h), VIL in VIL levels (SEVIR's thresholds).
+
+    Raises:
+        ValueError: another quantity, or thresholds that are not positive and increasing.
+    """
+    if quantity == REFLECTIVITY.name:
+        scoring = Scoring(
+            "mm/h", list(metrics_cfg.thresholds_mmh), metrics_cfg.fss_threshold_mmh, True
+        )
+    elif quantity == VIL.name:
+        scoring = Scoring(
+            VIL.units, list(metrics_cfg.thresholds_vil), metrics_cfg.fss_threshold_vil, False
+        )
+    else:
+        raise ValueError(
+            f"no scores are defined for stores of {quantity!r}, allowed: "
+            f"{REFLECTIVITY.name}, {VIL.name}"
+        )
+    thresholds = scoring.thresholds
+    if not thresholds or min(thresholds) <= 0 or np.any(np.diff(thresholds) <= 0):
+        raise ValueError(
+            f"metrics thresholds must be positive and increasing, Received: {thresholds}"
+        )
+    return scoring
+
+
+def to_physical(values: np.ndarray, norm: NormalisationConfig, quantity: str) -> np.ndarray:
+    """Model-scale values to the scored unit (`scoring_for`), float32; NaN stays NaN.
+
+    Values are clipped to [0, 1] first, the range the observations have on that scale. For
+    reflectivity, 0 (no echo) is 0 mm/h and other values go through dBZ and the run's Z-R
+    relation; other quantities are de-normalised to the store's unit.
+    """
+    values = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)
+    physical = denormalise(values, norm)
+    if quantity != REFLECTIVITY.name:
+        return physical
+    rain = dbz_to_rain(physical, norm.zr_a, norm.zr_b).astype(np.float32)
+    return np.where(values <= 0.0, np.float32(0.0), rain)  # NaN compares False: stays NaN
+
+
+@dataclass
+class _Windows:
+    """The windows to score: which store, which start indices, and how they were chosen."""
+
+    store: Path
+    starts: np.ndarray
+    data: DictConfig
+    split_from: str
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The `data` and `model` groups a run was trained with, checked against today's schemas.
+
+    Only these two groups are read, so that runs stay readable when the training settings
+    change.
+
+    Raises:
+        FileNotFoundError: `run_dir` is not a directory or holds no config.yaml.
+        ValueError: their entries do not fit the schemas.
+    """
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"run directory not found: {run_dir}; pass run=<a directory written by nowcast-train>"
+        )
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a nowcast run: it has no config.yaml; pass run=<a directory "
+            "written by nowcast-train>"
+        )
+    try:
+        saved = OmegaConf.load(path)
+        return OmegaConf.create(
+            {
+                "data": OmegaConf.merge(OmegaConf.structured(DataConfig), saved.data),
+                "model": OmegaConf.merge(OmegaConf.structured(ModelConfig), saved.model),
+            }
+        )
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
+        raise ValueError(f"{path} is not a valid run config ({err}); train it again") from None
+
+
+def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
+    """`best` or `last` of the run's checkpoints/, or the path of a .keras file.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist; the message lists the run's ones.
+    """
+    if checkpoint in CHECKPOINT_NAMES:
+        path = run_dir / "checkpoints" / f"{checkpoint}.keras"
+    else:
+        path = Path(checkpoint).expanduser().absolute()
+    if not path.is_file():
+        found = sorted(p.name for p in (run_dir / "checkpoints").glob("*.keras"))
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} (the run's checkpoints: {', '.join(found) or 'none'}); "
+            "pass checkpoint=best|last|<path to a .keras file>, or train the run first"
+        )
+    return path
+
+
+def _checkpoint_architecture(path: Path) -> dict:
+    """The model config a .keras file was saved with: {"class_name": ..., "config": {...}}."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{path} is not a Keras checkpoint ({err}); pass checkpoint=best|last|<path to a "
+            ".keras file written by nowcast-train>"
+        ) from None
+
+
+def load_checkpoint(
+    run_cfg: DictConfig, checkpoint: Path, frame_shape: tuple[int, int, int]
+) -> keras.Model:
+    """The model config.yaml describes, built for `frame_shape`, with the checkpoint's weights.
+
+    The architecture comes from config.yaml, as when the run was trained; the checkpoint must
+    hold the same one.
+
+    Raises:
+        ValueError: the checkpoint is not a Keras file or holds another architecture, or the
+            model cannot take frames of `frame_shape` (height, width, channels).
+    """
+    saved = _checkpoint_architecture(checkpoint)
+    expected = build_model(run_cfg.model, n_out=run_cfg.data.n_out)
+    # Through JSON, so that tuples compare equal to the saved lists.
+    expected_config = json.loads(json.dumps(expected.get_config()))
+    saved_config = saved.get("config", {})
+    differences = [
+        f"{key}={saved_config.get(key)!r} in the checkpoint, {value!r} in config.yaml"
+        for key, value in expected_config.items()
+        if key not in _GENERIC_MODEL_KEYS and saved_config.get(key) != value
+    ]
+    saved_class, expected_class = saved.get("class_name"), type(expected).__name__
+    if saved_class != expected_class:
+        differences.insert(0, f"{saved_class} in the checkpoint, {expected_class} in config.yaml")
+    if differences:
+        raise ValueError(
+            f"checkpoint {checkpoint} does not match the model of the run's config.yaml: "
+            f"{'; '.join(differences)}; pass the checkpoint of this run"
+        )
+    try:
+        model = build_model(run_cfg.model, n_out=run_cfg.data.n_out, input_shape=frame_shape)
+    except ValueError as err:
+        raise ValueError(
+            f"the model cannot take frames of {frame_shape[0]}x{frame_shape[1]} pixels: {err} "
+            "Score a store whose frame sides the strides divide."
+        ) from None
+    try:
+        model.load_weights(checkpoint)
+    except (ValueError, OSError, KeyError) as err:
+        if run_cfg.model.peephole:  # the architecture matched, so the frame size differs
+            raise ValueError(
+                f"the weights of checkpoint {checkpoint} do not fit frames of "
+                f"{frame_shape[0]}x{frame_shape[1]} pixels: a peephole model takes only the "
+                "frame size it was trained on; score a store of that size"
+            ) from None
+        first_line = next((line for line in str(err).splitlines() if line.strip()), "")
+        raise ValueError(
+            f"the weights of checkpoint {checkpoint} do not fit the model of the run's "
+            f"config.yaml ({first_line}); pass the checkpoint of this run"
+        ) from None
+    return model
+
+
+def _windows_from_split_file(split_file: Path, split: str, data_cfg: DictConfig) -> _Windows:
+    """The windows training assigned to `split`, found again in the store by start time."""
+    record = json.loads(split_file.read_text())
+    store_path = Path(record["store"])
+    if not store_path.is_file():
+        raise FileNotFoundError(
+            f"the store the run was trained on is missing: {store_path}; put it back, or score "
+            "another store with data=<option> data.path=<store.h5>"
+        )
+    start_times = [t.removesuffix("Z") for t in record["splits"][split]["start_times"]]
+    seconds = np.array(start_times, dtype="datetime64[s]").astype(np.int64)
+    with open_store(store_path) as store:
+        starts = np.searchsorted(store.times, seconds)
+        found = starts < len(store.times)
+        found[found] = store.times[starts[found]] == seconds[found]
+    if not found.all():
+        raise ValueError(
+            f"{store_path} no longer holds {int((~found).sum())} of the {split} windows listed "
+            f"in {split_file}: the store changed since training; pass data=<option> "
+            "data.path=<store.h5> to split it anew"
+        )
+    return _Windows(store_path, starts.astype(np.int64), data_cfg, f"{split_file}")
+
+
+def _windows_from_data_config(data_cfg: DictConfig, split: str) -> _Windows:
+    """The windows of `split` when the store is split by `data_cfg`'s settings."""
+    store_path = resolve_store(data_cfg)
+    with open_store(store_path) as store:
+        starts = select_windows(store, data_cfg).starts[split]
+    return _Windows(store_path, starts, data_cfg, "data config")
+
+
+def windows_to_score(cfg: DictConfig, run_dir: Path, run_cfg: DictConfig) -> _Windows:
+    """The run's own windows of `cfg.split` (split.json), or those of the store `cfg.data` names.
+
+    With `cfg.data` set, the window lengths and normalisation still come from the run.
+    """
+    if cfg.split not in SPLITS:
+        raise ValueError(f"unknown split, allowed: {', '.join(SPLITS)}. Received: {cfg.split!r}")
+    if cfg.data is not None:
+        from_run = {key: run_cfg.data[key] for key in ("n_in", "n_out", "normalisation")}
+        windows = _windows_from_data_config(OmegaConf.merge(cfg.data, from_run), cfg.split)
+    elif (run_dir / "split.json").is_file():
+        windows = _windows_from_split_file(run_dir / "split.json", cfg.split, run_cfg.data)
+    else:
+        windows = _windows_from_data_config(run_cfg.data, cfg.split)
+    if windows.starts.size == 0:
+        raise ValueError(
+            f"the {cfg.split} split of {windows.store} has no windows; choose another split= "
+            "or data.split fractions"
+        )
+    return windows
+
+
+def _as_json(value):
+    """NumPy arrays and scalars as lists and numbers; NaN as null (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: _as_json(item) for key, item in value.items()}
+    if isinstance(value, (np.ndarray, list, tuple)):
+        return [_as_json(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _method_record(accumulator: VerificationAccumulator) -> dict:
+    scores = accumulator.scores()
+    with warnings.catch_warnings():
+        # A score undefined at every lead time (no rain that heavy) stays NaN, silently.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = {name: np.nanmean(value, axis=0) for name, value in scores.items()}
+    return {
+        "scores": scores,
+        "mean_over_lead_times": means,
+        "contingency": {
+            name: accumulator.contingency[..., k] for k, name in enumerate(CONTINGENCY_FIELDS)
+        },
+        "error_sums": {name: accumulator.errors[..., k] for k, name in enumerate(ERROR_SUMS)},
+        "fss_sums": {name: accumulator.fss[..., k] for k, name in enumerate(FSS_SUMS)},
+    }
+
+
+def _fss_column(threshold: float, scale: int) -> str:
+    return f"fss_ge{threshold:g}_{scale}px"
+
+
+def _write_csv_tables(folder: Path, record: dict) -> None:
+    lead_times, thresholds, fss = record["lead_times_min"], record["thresholds"], record["fss"]
+    with open(folder / "categorical.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["method", "lead_time_min", "threshold", *CONTINGENCY_FIELDS, *CATEGORICAL_SCORES]
+        )
+        for method, result in record["methods"].items():
+            for t, lead in enumerate(lead_times):
+                for k, threshold in enumerate(thresholds):
+                    counts = [int(result["contingency"][f][t, k]) for f in CONTINGENCY_FIELDS]
+                    scores = [float(result["scores"][s][t, k]) for s in CATEGORICAL_SCORES]
+                    writer.writerow([method, lead, threshold, *counts, *scores])
+    with open(folder / "continuous.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        fss_columns = [_fss_column(fss["threshold"], s) for s in fss["scales_px"]]
+        writer.writerow(["method", "lead_time_min", *CONTINUOUS_SCORES, *fss_columns])
+        for method, result in record["methods"].items():
+            for t, lead in enumerate(lead_times):
+                errors = [float(result["scores"][s][t]) for s in CONTINUOUS_SCORES]
+                writer.writerow([method, lead, *errors, *map(float, result["scores"]["fss"][t])])
+
+
+def plot_scores_versus_lead_time(
+    path: Path,
+    *,
+    score: str,
+    lead_times_min: list[float],
+    thresholds: list[float],
+    unit: str,
+    scores_per_method: dict[str, np.ndarray],
+) -> None:
+    """One panel per threshold, `score` against lead time for every method, written to `path`.
+
+    Args:
+        scores_per_method: method -> (lead times, thresholds) array.
+    """
+    from matplotlib.figure import Figure
+
+    columns = min(3, len(thresholds))
+    rows = math.ceil(len(thresholds) / columns)
+    figure = Figure(figsize=(4.0 * columns, 3.2 * rows))
+    # Fixed spacing: a layout engine would take longer than all the drawing.
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.1, top=0.93, wspace=0.3, hspace=0.45)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for k, threshold in enumerate(thresholds):
+        ax = axes[k]
+        for method, values in scores_per_method.items():
+            ax.plot(lead_times_min, values[:, k], marker="o", markersize=3, label=method)
+        ax.set_title(f"{score.upper()} >= {threshold:g} {unit}")
+        ax.set_xlabel("lead time (min)")
+        ax.set_ylabel(score.upper())
+        ax.grid(alpha=0.3)
+    for ax in axes[len(thresholds) :]:
+        ax.set_visible(False)
+    axes[0].legend()
+    figure.savefig(path, dpi=100)
+
+
+def summary_table(record: dict) -> str:
+    """Means over lead times, one row per method: CSI, HSS and frequency bias per threshold,
+    then FSS per scale and the error scores."""
+    methods, data, leads = record["methods"], record["data"], record["lead_times_min"]
+    width = max(12, *(len(m) for m in methods)) + 2
+    lines = [
+        f"{data['split']} split of {data['store']}: {data['windows']} windows, lead times "
+        f"{leads[0]:g}-{leads[-1]:g} min. Means over lead times; thresholds in "
+        f"{record['units']}.",
+    ]
+
+    def block(title: str, headers: list[str], rows: dict[str, list[float]]) -> None:
+        lines.append("")
+        lines.append(f"{title:<{width}}" + "".join(f"{h:>12}" for h in headers))
+        for method, values in rows.items():
+            lines.append(f"{method:<{width}}" + "".join(f"{v:>12.3f}" for v in values))
+
+    thresholds = [f">={t:g}" for t in record["thresholds"]]
+    for score, title in (("csi", "CSI"), ("hss", "HSS"), ("bias", "bias")):
+        block(title, thresholds, {m: r["mean_over_lead_times"][score] for m, r in methods.items()})
+    fss = record["fss"]
+    headers = [f"FSS{fss['threshold']:g} {s}px" for s in fss["scales_px"]]
+    headers += ["MSE", "MAE", "B-MSE", "B-MAE"]
+    rows = {
+        m: [*r["mean_over_lead_times"]["fss"]]
+        + [r["mean_over_lead_times"][s] for s in CONTINUOUS_SCORES]
+        for m, r in methods.items()
+    }
+    block("", headers, rows)
+    return "\n".join(lines)
+
+
+def _write_outputs(folder: Path, record: dict, summary: str) -> None:
+    (folder / "metrics.json").write_text(json.dumps(_as_json(record), indent=1))
+    _write_csv_tables(folder, record)
+    (folder / "summary.txt").write_text(summary + "\n")
+    for score in PLOTTED_SCORES:
+        plot_scores_versus_lead_time(
+            folder / f"{score}.png",
+            score=score,
+            lead_times_min=record["lead_times_min"],
+            thresholds=record["thresholds"],
+            unit=record["units"],
+            scores_per_method={m: r["scores"][score] for m, r in record["methods"].items()},
+        )
+
+
+def _publish(output_dir: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(folder)` on a temporary folder, then put it in place of `output_dir`."""
+    pid = os.getpid()
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{pid}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if output_dir.exists():
+        old = output_dir.with_name(f".{output_dir.name}.old-{pid}")
+        output_dir.rename(old)
+        tmp.rename(output_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(output_dir)
+
+
+def evaluate(cfg: DictConfig) -> EvaluationResult:
+    """Score a run's checkpoint and the baselines on one split; see the module docstring.
+
+    Args:
+        cfg: a composed `evaluate` config (nowcast.config.EvaluateConfig).
+
+    Returns:
+        The output folder, the metrics.json content (NumPy arrays) and the summary table.
+
+    Raises:
+        FileNotFoundError: no such run, checkpoint or store.
+        FileExistsError: the output folder exists and `overwrite` is false.
+        ValueError: a checkpoint that does not match the run's model, frames the model cannot
+            take, or bad settings.
+    """
+    if OmegaConf.is_missing(cfg, "run"):
+        raise ValueError("no run given; pass run=<a directory written by nowcast-train>")
+    run_dir = Path(cfg.run).expanduser().absolute()
+    run_cfg = load_run_config(run_dir)
+    checkpoint = resolve_checkpoint(run_dir, cfg.checkpoint)
+    output_dir = Path(cfg.paths.output_dir).expanduser().absolute()
+    if output_dir.exists() and not cfg.overwrite:
+        raise FileExistsError(
+            f"{output_dir} exists; pass overwrite=true to replace it, or "
+            "paths.output_dir=<another folder>"
+        )
+    windows = windows_to_score(cfg, run_dir, run_cfg)
+    n_in, n_out = run_cfg.data.n_in, run_cfg.data.n_out
+    norm = run_cfg.data.normalisation
+    with open_store(windows.store) as store:
+        height, width = store.shape[1:]
+        minutes_per_frame, quantity = store.minutes_per_frame, store.quantity
+    scoring = scoring_for(quantity, cfg.metrics)
+    model = load_checkpoint(run_cfg, checkpoint, (height, width, 1))
+    forecasters = {"model": model.predict_on_batch}
+    forecasters.update({name: make_baseline(name, n_out=n_out) for name in cfg.baselines})
+    accumulators = {
+        name: VerificationAccumulator(
+            n_lead_times=n_out,
+            thresholds=scoring.thresholds,
+            fss_threshold=scoring.fss_threshold,
+            fss_scales=cfg.metrics.fss_scales,
+            balanced_thresholds=BALANCED_THRESHOLDS_MMH if scoring.balanced else None,
+        )
+        for name in forecasters
+    }
+    # NumPy batches read ahead by threads, under any backend: the forecasters take NumPy.
+    dataset = WindowDataset(
+        windows.store,
+        windows.starts,
+        n_in=n_in,
+        n_out=n_out,
+        batch_size=cfg.batch_size or run_cfg.data.batch_size,
+        norm=norm,
+        seed=0,
+    )
+    log.info("Scoring %d %s windows of %s", windows.starts.size, cfg.split, windows.store)
+    progress = keras.utils.Progbar(
+        windows.starts.size, verbose=1 if cfg.progress else 0, unit_name="window"
+    )
+    for inputs, targets in dataset:
+        observation = to_physical(targets, norm, quantity)
+        for name, forecast in forecasters.items():
+            accumulators[name].update(
+                forecast=to_physical(forecast(inputs), norm, quantity), observation=observation
+            )
+        progress.add(len(inputs))
+
+    record = {
+        "run": str(run_dir),
+        "checkpoint": str(checkpoint),
+        "model": run_cfg.model.name,
+        "data": {
+            "name": windows.data.name,
+            "store": str(windows.store),
+            "quantity": quantity,
+            "split": cfg.split,
+            "split_from": windows.split_from,
+            "windows": int(windows.starts.size),
+            "frame_size": [height, width],
+            "minutes_per_frame": minutes_per_frame,
+            "n_in": n_in,
+            "n_out": n_out,
+        },
+        "units": scoring.unit,
+        "z_r": {"a": norm.zr_a, "b": norm.zr_b} if quantity == REFLECTIVITY.name else None,
+        "lead_times_min": [(k + 1) * minutes_per_frame for k in range(n_out)],
+        "thresholds": scoring.thresholds,
+        "fss": {"threshold": scoring.fss_threshold, "scales_px": list(cfg.metrics.fss_scales)},
+        "balanced_weights": {
+            "thresholds": list(BALANCED_THRESHOLDS_MMH),
+            "weights": list(BALANCED_WEIGHTS),
+        }
+        if scoring.balanced
+        else None,
+        "methods": {name: _method_record(acc) for name, acc in accumulators.items()},
+    }
+    summary = summary_table(record)
+    _publish(output_dir, lambda folder: _write_outputs(folder, record, summary))
+    return EvaluationResult(output_dir=output_dir, metrics=record, summary=summary)

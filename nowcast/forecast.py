@@ -1,0 +1,728 @@
+"""Nowcasts of a trained run for people: pictures of a window, and the operational forecast.
+
+`plot_run(cfg)` (`nowcast-plot`) draws one window of a run's test split: the observed input
+frames, then per lead time the observation, the model's forecast and the baselines side by side
+(an animation and a still, see nowcast.plotting), plus the evaluation's skill plots when
+`nowcast-evaluate` has been run.
+
+`predict(cfg)` (`nowcast-predict`) is the operational use: it reads the newest n_in frames of a
+folder of radar files (ODIM_H5, KNMI, SEVIR) or of a store, checks that they follow each other
+at the run's time step and lie on the grid the model was trained on (radar files on the grid
+the training store was cropped and downsampled from are cropped and downsampled the same
+way), forecasts n_out frames and writes them in physical units to an HDF5 file:
+
+    /                     attrs: nowcast_forecast_version = 1, quantity ("RATE": rain rate, or
+                          "VIL"), units ("mm/h" or "VIL level"), issue_time (UTC, ISO 8601:
+                          the time of the newest input frame), minutes_per_frame, run,
+                          checkpoint, input, zr_a, zr_b (Z = a R^b, reflectivity runs)
+    /forecast             (n_out, H, W) float32 in `units`; NaN = no data (pixels without
+                          data in the newest input frame: outside radar coverage)
+    /valid_times          (n_out,) int64 seconds since 1970-01-01 UTC, one per frame
+    /lead_times           (n_out,) float64 minutes after the issue time
+    /input_times          (n_in,) int64 seconds since 1970-01-01 UTC of the frames used
+    /grid                 attrs: the grid of the frames (as in a nowcast store: projdef, xsize,
+                          ysize, xscale, yscale, and where a crop sits on its source grid)
+
+Every check runs before anything is written; files are written under temporary names and
+renamed when complete, so a failure leaves nothing behind, and nothing existing is replaced
+without `overwrite=true`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import h5py
+import keras
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from nowcast.baselines import make_baseline
+from nowcast.config import NormalisationConfig
+from nowcast.data.convert import FORMATS, ordered_frames, regrid_like, source_grid
+from nowcast.data.sources import SourceError, SourceFrame, find_inputs, iso, open_hdf5
+from nowcast.data.store import REFLECTIVITY, VIL, open_store
+from nowcast.data.windows import window_means
+from nowcast.evaluation import (
+    load_checkpoint,
+    load_run_config,
+    plot_scores_versus_lead_time,
+    resolve_checkpoint,
+    to_physical,
+    windows_to_score,
+)
+from nowcast.io import written_atomically
+from nowcast.metrics import CATEGORICAL_SCORES
+from nowcast.plotting import (
+    ANIMATION_FORMATS,
+    STILL_FORMAT,
+    ForecastSequence,
+    animate_forecast,
+    check_animation_format,
+    plot_forecast_grid,
+)
+from nowcast.units import denormalise, normalise
+
+log = logging.getLogger(__name__)
+
+FORECAST_VERSION = 1
+PLOT_FORMATS = (*ANIMATION_FORMATS, STILL_FORMAT)
+_RUN_HINT = "pass run=<a directory written by nowcast-train>"
+
+
+def _required(cfg: DictConfig, key: str, hint: str) -> Any:
+    if OmegaConf.is_missing(cfg, key):
+        raise ValueError(f"no {key} given; {hint}")
+    return cfg[key]
+
+
+def _stamp(seconds: int) -> str:
+    """A UTC time for file names: 20240601T1200Z."""
+    return f"{datetime.fromtimestamp(int(seconds), tz=timezone.utc):%Y%m%dT%H%MZ}"
+
+
+def _refuse_existing(paths: list[Path], overwrite: bool, hint: str) -> None:
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} exists; pass overwrite=true or {hint}")
+
+
+def display_units(quantity: str, units: str | None) -> str:
+    """The unit frames of a store of `quantity` are shown in: `units`, or the scored unit.
+
+    Reflectivity is shown as rain rate (mm/h, the default) or reflectivity (dBZ); VIL in
+    SEVIR's levels.
+
+    Raises:
+        ValueError: a unit that does not fit the quantity.
+    """
+    allowed = ["mm/h", REFLECTIVITY.units] if quantity == REFLECTIVITY.name else [VIL.units]
+    if units is None:
+        return allowed[0]
+    if units not in allowed:
+        raise ValueError(
+            f"frames of {quantity} are shown in {' or '.join(allowed)}, Received: units={units!r}"
+        )
+    return units
+
+
+def display_values(
+    normalised: np.ndarray, norm: NormalisationConfig, quantity: str, units: str
+) -> np.ndarray:
+    """Values on the model's [0, 1] scale in `units` (see `display_units`); NaN stays NaN."""
+    if units == REFLECTIVITY.units:
+        return denormalise(np.clip(normalised, 0.0, 1.0), norm)
+    return to_physical(normalised, norm, quantity)
+
+
+def _forecasts(
+    model: keras.Model, inputs: np.ndarray, baselines: list[str], n_out: int
+) -> dict[str, np.ndarray]:
+    """Method -> (n_out, H, W) forecast on the model's scale, from (n_in, H, W) inputs.
+
+    Inputs are on the model's scale with no data as 0, as the input pipeline gives them.
+    """
+    batch = inputs[None, ..., None]  # (1, n_in, H, W, 1)
+    forecasts = {"model": keras.ops.convert_to_numpy(model.predict_on_batch(batch))[0, ..., 0]}
+    for name in baselines:
+        forecasts[name] = make_baseline(name, n_out=n_out)(batch)[0, ..., 0]
+    return forecasts
+
+
+def _write_pictures(
+    sequence: ForecastSequence, stem: Path, fmt: str, *, fps: float, max_lead_times: int
+) -> list[Path]:
+    """The animation (gif or mp4) and the still (png) of `sequence`, or only the still."""
+    paths = []
+    if fmt in ANIMATION_FORMATS:
+        path = stem.with_suffix(f".{fmt}")
+        with written_atomically(path) as temporary:
+            animate_forecast(temporary, sequence, fps=fps)
+        paths.append(path)
+    path = stem.with_suffix(f".{STILL_FORMAT}")
+    with written_atomically(path) as temporary:
+        plot_forecast_grid(temporary, sequence, max_lead_times=max_lead_times)
+    paths.append(path)
+    return paths
+
+
+def _check_plot_format(fmt: str, key: str) -> None:
+    if fmt not in PLOT_FORMATS:
+        raise ValueError(f"unknown {key}, allowed: {', '.join(PLOT_FORMATS)}. Received: {fmt!r}")
+    if fmt in ANIMATION_FORMATS:
+        check_animation_format(fmt)
+
+
+# ---------------------------------------------------------------------------------------------
+# nowcast-plot
+
+
+@dataclass
+class PlotResult:
+    """What `plot_run` drew: the window (index among the split's `windows`), its issue time
+    (seconds since 1970-01-01 UTC), the pictures and the skill plots (empty when there is no
+    evaluation in `evaluation`)."""
+
+    split: str
+    window: int
+    windows: int
+    issue_time: int
+    files: list[Path]
+    skill_files: list[Path]
+    evaluation: Path
+
+    @property
+    def summary(self) -> str:
+        lines = [
+            f"{self.split.capitalize()} window {self.window} of {self.windows}, issued "
+            f"{iso(self.issue_time)}:",
+            *(f"  {path}" for path in self.files),
+        ]
+        if self.skill_files:
+            lines.append(f"Skill versus lead time, from {self.evaluation / 'metrics.json'}:")
+            lines += [f"  {path}" for path in self.skill_files]
+        else:
+            lines.append(
+                f"No skill plots: {self.evaluation} holds no metrics.json; run nowcast-evaluate"
+            )
+        return "\n".join(lines)
+
+
+def choose_window(
+    sample: str | None,
+    *,
+    issue_times: np.ndarray,
+    wet_fraction: np.ndarray,
+    split: str,
+) -> int:
+    """The index of the window to draw among a split's windows.
+
+    Args:
+        sample: None for the wettest window, an index ("3", "-1"), or the UTC issue time
+            of a window (the time of its newest input frame, e.g. "2024-06-01T12:00").
+        issue_times: (N,) int64 seconds since 1970-01-01 UTC, one per window.
+        wet_fraction: (N,) mean fraction of wet pixels of each window.
+        split: the split's name, for messages.
+
+    Raises:
+        ValueError: an index out of range, or a time that is no window's issue time.
+    """
+    count = len(issue_times)
+    if sample is None:
+        return int(np.argmax(wet_fraction))
+    sample = str(sample).strip()
+    try:
+        index = int(sample)
+    except ValueError:
+        index = None
+    if index is not None:
+        if not -count <= index < count:
+            raise ValueError(
+                f"sample={index} is out of range: the {split} split has {count} windows "
+                f"(0 to {count - 1}); pass an index in that range or an issue time"
+            )
+        return index % count
+    try:
+        wanted = np.datetime64(sample.removesuffix("Z"), "s").astype(np.int64)
+    except ValueError:
+        raise ValueError(
+            f"sample={sample!r} is neither a window index nor a UTC time such as 2024-06-01T12:00"
+        ) from None
+    found = np.flatnonzero(issue_times == wanted)
+    if found.size == 0:
+        raise ValueError(
+            f"sample={sample} is not the issue time (newest input frame) of a {split} window; "
+            f"the {count} {split} windows are issued from {iso(issue_times.min())} to "
+            f"{iso(issue_times.max())}; pass one of their times, an index, or split=train|val"
+        )
+    return int(found[0])
+
+
+def _skill_plots(evaluation: Path, output_dir: Path, overwrite: bool) -> list[Path]:
+    """Each categorical score of the evaluation against lead time, one PNG per score.
+
+    A plot is drawn again only when metrics.json is newer than it, or with `overwrite`.
+    """
+    record = json.loads((evaluation / "metrics.json").read_text())
+    written = []
+    for score in CATEGORICAL_SCORES:
+        path = output_dir / f"skill_{score}.png"
+        metrics_time = (evaluation / "metrics.json").stat().st_mtime
+        if path.exists() and not overwrite and path.stat().st_mtime >= metrics_time:
+            written.append(path)
+            continue
+        with written_atomically(path) as temporary:
+            plot_scores_versus_lead_time(
+                temporary,
+                score=score,
+                lead_times_min=record["lead_times_min"],
+                thresholds=record["thresholds"],
+                unit=record["units"],
+                # JSON null (an undefined score) becomes NaN.
+                scores_per_method={
+                    method: np.array(result["scores"][score], dtype=np.float64)
+                    for method, result in record["methods"].items()
+                },
+            )
+        written.append(path)
+    return written
+
+
+def plot_run(cfg: DictConfig) -> PlotResult:
+    """Draw one window of a run, and the evaluation's skill plots; see the module docstring.
+
+    Args:
+        cfg: a composed `plot` config (nowcast.config.PlotConfig).
+
+    Raises:
+        FileNotFoundError: no such run, checkpoint or store.
+        FileExistsError: a picture of this window exists and `overwrite` is false.
+        ValueError: a bad sample, format or unit; MP4 without ffmpeg; a checkpoint that does
+            not fit the run.
+    """
+    run_dir = Path(_required(cfg, "run", _RUN_HINT)).expanduser().absolute()
+    _check_plot_format(cfg.format, "format")
+    run_cfg = load_run_config(run_dir)
+    checkpoint = resolve_checkpoint(run_dir, cfg.checkpoint)
+    windows = windows_to_score(cfg, run_dir, run_cfg)
+    n_in, n_out = run_cfg.data.n_in, run_cfg.data.n_out
+    norm = run_cfg.data.normalisation
+    with open_store(windows.store) as store:
+        quantity, minutes_per_frame = store.quantity, store.minutes_per_frame
+        units = display_units(quantity, cfg.units)
+        wet = store.wet_fraction(run_cfg.data.wet_threshold)
+        index = choose_window(
+            cfg.sample,
+            issue_times=store.times[windows.starts + n_in - 1],
+            wet_fraction=window_means(wet, windows.starts, n_in + n_out),
+            split=cfg.split,
+        )
+        start = int(windows.starts[index])
+        frames = store.read(start, start + n_in + n_out)  # (T, H, W), store units
+        issue_time = int(store.times[start + n_in - 1])
+    log.info(
+        "Drawing %s window %d of %d, issued %s%s",
+        cfg.split,
+        index,
+        windows.starts.size,
+        iso(issue_time),
+        " (the wettest; pass sample=<index or time> for another)" if cfg.sample is None else "",
+    )
+    output_dir = Path(cfg.paths.output_dir).expanduser().absolute()
+    stem = output_dir / f"forecast_{_stamp(issue_time)}"
+    formats = [cfg.format, STILL_FORMAT] if cfg.format != STILL_FORMAT else [STILL_FORMAT]
+    _refuse_existing(
+        [stem.with_suffix(f".{f}") for f in formats], cfg.overwrite, "sample=<another window>"
+    )
+
+    model = load_checkpoint(run_cfg, checkpoint, (*frames.shape[1:], 1))
+    normalised = normalise(frames, norm)  # NaN (no data) stays NaN
+    forecasts = _forecasts(
+        model, np.nan_to_num(normalised[:n_in], nan=0.0), list(cfg.baselines), n_out
+    )
+    coverage = ~np.isnan(frames[n_in - 1])
+    show = partial(display_values, norm=norm, quantity=quantity, units=units)
+    sequence = ForecastSequence(
+        inputs=show(normalised[:n_in]),
+        forecasts={name: np.where(coverage, show(f), np.nan) for name, f in forecasts.items()},
+        observation=show(normalised[n_in:]),
+        issue_time=issue_time,
+        minutes_per_frame=minutes_per_frame,
+        unit=units,
+        caption=f"{cfg.split} window {index} of {windows.store.name} · run {run_dir} · "
+        f"checkpoint {checkpoint.name}",
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    files = _write_pictures(
+        sequence, stem, cfg.format, fps=cfg.fps, max_lead_times=cfg.max_lead_times
+    )
+    evaluation = Path(cfg.evaluation).expanduser().absolute()
+    skill_files = []
+    if (evaluation / "metrics.json").is_file():
+        skill_files = _skill_plots(evaluation, output_dir, cfg.overwrite)
+    return PlotResult(
+        split=cfg.split,
+        window=index,
+        windows=int(windows.starts.size),
+        issue_time=issue_time,
+        files=files,
+        skill_files=skill_files,
+        evaluation=evaluation,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# nowcast-predict
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """The grid and time step a run's model was trained on: those of its training store.
+
+    Attributes:
+        store: the store they come from.
+        grid: its grid description, xsize and ysize included.
+        quantity: its quantity (DBZH or VIL).
+        minutes_per_frame: its time step.
+        zr: the Z-R relation (a, b) its frames were made with.
+    """
+
+    store: Path
+    grid: dict[str, Any]
+    quantity: str
+    minutes_per_frame: float
+    zr: tuple[float, float]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.grid["ysize"]), int(self.grid["xsize"])
+
+
+def model_grid(
+    run_dir: Path, reference_store: str | None, norm: NormalisationConfig, data_path: str
+) -> ModelGrid:
+    """The grid of `reference_store`, or of the store the run was trained on.
+
+    Raises:
+        FileNotFoundError: that store is missing.
+    """
+    if reference_store is not None:
+        path = Path(reference_store).expanduser().absolute()
+    elif (run_dir / "split.json").is_file():
+        path = Path(json.loads((run_dir / "split.json").read_text())["store"])
+    else:
+        path = Path(data_path).expanduser().absolute()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the store the run was trained on is missing: {path}; nowcast-predict takes the "
+            "model's grid and time step from it: put it back, or pass "
+            "reference_store=<a store on the same grid>"
+        )
+    with open_store(path) as store:
+        _, height, width = store.shape
+        return ModelGrid(
+            store=path,
+            grid={"ysize": height, "xsize": width, **store.grid},
+            quantity=store.quantity,
+            minutes_per_frame=store.minutes_per_frame,
+            zr=store.zr or (norm.zr_a, norm.zr_b),
+        )
+
+
+def detect_format(path: Path) -> str:
+    """The format of one input file: store, sevir, knmi or odim, from its layout.
+
+    Raises:
+        SourceError: not HDF5, or none of these layouts.
+    """
+    with open_hdf5(path) as f:
+        if "nowcast_store_version" in f.attrs:
+            return "store"
+        if isinstance(f.get("vil"), h5py.Dataset):
+            return "sevir"
+        if isinstance(f.get("image1"), h5py.Group) and "overview" in f:
+            return "knmi"
+        if any(name.startswith("dataset") for name in f):
+            return "odim"
+    raise SourceError(
+        f"{path} is not a nowcast store nor an ODIM_H5, KNMI or SEVIR file that nowcast "
+        f"recognises; pass format={'|'.join(FORMATS)}"
+    )
+
+
+def _grid_differences(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """`key=found (expected)` for each grid attribute both descriptions hold that differs,
+    the size, projection and pixel size first."""
+    differences = []
+    first = ("ysize", "xsize", "projdef", "yscale", "xscale")
+    shared = found.keys() & expected.keys()
+    for key in [k for k in first if k in shared] + sorted(shared - set(first)):
+        a, b = found[key], expected[key]
+        if isinstance(a, str) or isinstance(b, str):
+            same = a == b
+        else:
+            a_values, b_values = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            same = a_values.shape == b_values.shape and np.allclose(
+                a_values, b_values, rtol=1e-6, atol=0.0
+            )
+        if not same:
+            differences.append(f"{key}={a!r} (the model's: {b!r})")
+    return differences
+
+
+def _onto_model_grid(
+    frame: SourceFrame, grid: ModelGrid
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What puts `frame` on the model's grid: nothing (None) when it is on it already, or the
+    crop and downsampling of the training store when it is on that store's source grid.
+
+    Raises:
+        ValueError: the frame is on neither grid.
+    """
+    found = {"ysize": frame.shape[0], "xsize": frame.shape[1], **frame.grid}
+    differences = _grid_differences(found, grid.grid)
+    if not differences:
+        return None
+    source = source_grid(grid.grid)
+    if source is not None and not _grid_differences(found, source):
+        a, b = grid.zr
+        return partial(regrid_like, grid=grid.grid, quantity=grid.quantity, zr_a=a, zr_b=b)
+    more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+    raise ValueError(
+        f"{frame.label} is not on the model's grid (that of {grid.store}): "
+        f"{'; '.join(differences[:3])}{more}; pass radar files or a store on that grid"
+    )
+
+
+@dataclass
+class LatestFrames:
+    """The newest frames of an input, on the model's grid.
+
+    Attributes:
+        frames: (n, H, W) float32 in the store's units (dBZ or VIL level), NaN = no data.
+        times: (n,) int64 seconds since 1970-01-01 UTC, oldest first.
+        labels: the file (and frame) each came from.
+    """
+
+    frames: np.ndarray
+    times: np.ndarray
+    labels: list[str]
+
+
+def read_latest_frames(
+    source: Any, grid: ModelGrid, count: int, *, fmt: str | None = None
+) -> LatestFrames:
+    """The newest `count` frames of `source.input`, checked and put on the model's grid.
+
+    Args:
+        source: input (a file, folder or glob), quantity (of ODIM/KNMI files, or None).
+        grid: the model's grid and time step.
+        count: how many frames the model takes (its n_in).
+        fmt: the input's format (odim, knmi, sevir, store), or None to recognise it.
+
+    Raises:
+        FileNotFoundError: no input files.
+        ValueError (SourceError): an unreadable file, too few frames, a gap or another time
+            step among the newest frames, another quantity or grid, or no data at all.
+    """
+    fmt = fmt or detect_format(find_inputs(source.input)[-1])
+    a, b = grid.zr
+    scan = SimpleNamespace(
+        format=fmt, input=source.input, quantity=source.quantity, catalog=None, zr_a=a, zr_b=b
+    )
+    step_s = round(grid.minutes_per_frame * 60)
+    frames, times = ordered_frames(scan, step_s)
+    needs = (
+        f"the model needs the {count} newest frames, {grid.minutes_per_frame:g} min apart "
+        "(the n_in of the run)"
+    )
+    if len(frames) < count:
+        raise ValueError(f"{source.input} holds {len(frames)} frame(s); {needs}")
+    frames, times = frames[-count:], times[-count:]
+    for frame, time in zip(frames, times, strict=True):
+        if abs(frame.time - int(time)) > step_s / 4:
+            raise ValueError(
+                f"{frame.label} is stamped {iso(frame.time)}, off the {grid.minutes_per_frame:g}-"
+                "min steps of the model's frames; pass frames at that time step"
+            )
+        if (frame.quantity == VIL.name) != (grid.quantity == VIL.name):
+            raise ValueError(
+                f"{frame.label} holds {frame.quantity}, but the model was trained on "
+                f"{grid.quantity} ({grid.store}); pass frames of that quantity"
+            )
+    for k in range(count - 2, -1, -1):  # the gap nearest the newest frame is the one to fix
+        if times[k + 1] - times[k] != step_s or frames[k + 1].event != frames[k].event:
+            raise ValueError(
+                f"the newest {count} frames of {source.input} are not consecutive: "
+                f"{frames[k].label} ({iso(times[k])}) is followed by {frames[k + 1].label} "
+                f"({iso(times[k + 1])}){' of another event' if frames[k].event else ''}; "
+                f"{needs}. Add the missing frames or wait for the next complete sequence"
+            )
+    values = []
+    for frame in frames:
+        place = _onto_model_grid(frame, grid)
+        frame_values = frame.read()
+        values.append(frame_values if place is None else place(frame_values))
+    stacked = np.stack(values).astype(np.float32)
+    if np.isnan(stacked[-1]).all():
+        raise ValueError(
+            f"{frames[-1].label} is no data everywhere on the model's grid; check the file"
+        )
+    return LatestFrames(stacked, np.asarray(times, np.int64), [f.label for f in frames])
+
+
+@dataclass
+class PredictResult:
+    """The forecast `predict` wrote: its file, the pictures, and what it holds.
+
+    Attributes:
+        forecast: (n_out, H, W) float32 in `units`, NaN = no data.
+        valid_times: (n_out,) int64 seconds since 1970-01-01 UTC.
+        inputs: the file (and frame) of each input frame, oldest first.
+    """
+
+    path: Path
+    pictures: list[Path]
+    issue_time: int
+    valid_times: np.ndarray
+    forecast: np.ndarray
+    units: str
+    inputs: list[str]
+
+    @property
+    def summary(self) -> str:
+        covered = self.forecast[:, ~np.isnan(self.forecast).all(axis=0)]
+        peak = f"{np.max(covered):.3g} {self.units}" if covered.size else "no data"
+        lines = [
+            f"Nowcast issued {iso(self.issue_time)} from {len(self.inputs)} frames (newest: "
+            f"{self.inputs[-1]}): {len(self.valid_times)} frames valid "
+            f"{iso(self.valid_times[0])} to {iso(self.valid_times[-1])}, in {self.units}, "
+            f"highest {peak}. Written to:",
+            *(f"  {path}" for path in [self.path, *self.pictures]),
+        ]
+        return "\n".join(lines)
+
+
+def write_forecast(
+    path: Path,
+    *,
+    forecast: np.ndarray,
+    units: str,
+    quantity: str,
+    issue_time: int,
+    valid_times: np.ndarray,
+    input_times: np.ndarray,
+    minutes_per_frame: float,
+    grid: Mapping[str, Any],
+    attributes: Mapping[str, Any],
+) -> None:
+    """Write a forecast file in the layout of the module docstring (to the path given).
+
+    Args:
+        forecast: (n_out, H, W) in `units`, NaN = no data.
+        valid_times, input_times: seconds since 1970-01-01 UTC, (n_out,) and (n_in,).
+    """
+    with h5py.File(path, "w") as f:
+        f.attrs["nowcast_forecast_version"] = FORECAST_VERSION
+        f.attrs["quantity"] = quantity
+        f.attrs["units"] = units
+        f.attrs["issue_time"] = iso(issue_time)
+        f.attrs["minutes_per_frame"] = minutes_per_frame
+        for key, value in attributes.items():
+            f.attrs[key] = value
+        data = f.create_dataset(
+            "forecast",
+            data=forecast.astype(np.float32),
+            chunks=(1, *forecast.shape[1:]),
+            compression="gzip",
+            compression_opts=4,
+        )
+        data.attrs["units"] = units
+        data.attrs["nodata"] = "NaN: outside radar coverage"
+        seconds = "seconds since 1970-01-01 00:00:00 UTC"
+        for name, times in (("valid_times", valid_times), ("input_times", input_times)):
+            f.create_dataset(name, data=np.asarray(times, np.int64)).attrs["units"] = seconds
+        lead_times = (np.asarray(valid_times, np.float64) - issue_time) / 60.0
+        f.create_dataset("lead_times", data=lead_times).attrs["units"] = "min"
+        grid_group = f.create_group("grid")
+        for key, value in grid.items():
+            grid_group.attrs[key] = value
+
+
+def predict(cfg: DictConfig) -> PredictResult:
+    """Forecast from the newest frames of `cfg.input`; see the module docstring.
+
+    Args:
+        cfg: a composed `predict` config (nowcast.config.PredictConfig).
+
+    Raises:
+        FileNotFoundError: no such run, checkpoint, training store or input.
+        FileExistsError: the output exists and `overwrite` is false.
+        ValueError: frames with a gap, of another grid, time step or quantity; a bad plot
+            format or MP4 without ffmpeg; a checkpoint that does not fit the run.
+    """
+    run_dir = Path(_required(cfg, "run", _RUN_HINT)).expanduser().absolute()
+    _required(cfg, "input", "pass input=<a folder of radar files, a glob of them, or a store>")
+    if cfg.plot is not None:
+        _check_plot_format(cfg.plot, "plot")
+    run_cfg = load_run_config(run_dir)
+    checkpoint = resolve_checkpoint(run_dir, cfg.checkpoint)
+    n_in, n_out = run_cfg.data.n_in, run_cfg.data.n_out
+    norm = run_cfg.data.normalisation
+    grid = model_grid(run_dir, cfg.reference_store, norm, run_cfg.data.path)
+    latest = read_latest_frames(cfg, grid, n_in, fmt=cfg.format)
+    issue_time = int(latest.times[-1])
+    if cfg.output is None:
+        output = Path(f"nowcast_{_stamp(issue_time)}.h5").absolute()
+    else:
+        output = Path(cfg.output).expanduser().absolute()
+    stem = output.with_suffix("")
+    pictures = []
+    if cfg.plot is not None:
+        pictures = [stem.with_suffix(f".{cfg.plot}")]
+        if cfg.plot != STILL_FORMAT:
+            pictures.append(stem.with_suffix(f".{STILL_FORMAT}"))
+    _refuse_existing([output, *pictures], cfg.overwrite, "output=<another file>")
+    log.info(
+        "Forecasting from %d frames up to %s, issued %s", n_in, latest.labels[-1], iso(issue_time)
+    )
+
+    model = load_checkpoint(run_cfg, checkpoint, (*grid.shape, 1))
+    normalised = normalise(latest.frames, norm)
+    normalised_forecast = _forecasts(model, np.nan_to_num(normalised, nan=0.0), [], n_out)["model"]
+    units = display_units(grid.quantity, None)
+    coverage = ~np.isnan(latest.frames[-1])
+    forecast = np.where(coverage, to_physical(normalised_forecast, norm, grid.quantity), np.nan)
+    reflectivity = grid.quantity == REFLECTIVITY.name
+    step_s = round(grid.minutes_per_frame * 60)
+    valid_times = issue_time + step_s * np.arange(1, n_out + 1, dtype=np.int64)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # The forecast file is renamed into place last, once the pictures are written too.
+    with written_atomically(output) as temporary:
+        write_forecast(
+            temporary,
+            forecast=forecast,
+            units=units,
+            quantity="RATE" if reflectivity else VIL.name,
+            issue_time=issue_time,
+            valid_times=valid_times,
+            input_times=latest.times,
+            minutes_per_frame=grid.minutes_per_frame,
+            grid=grid.grid,
+            attributes={
+                "run": str(run_dir),
+                "checkpoint": str(checkpoint),
+                "input": str(cfg.input),
+                **({"zr_a": grid.zr[0], "zr_b": grid.zr[1]} if reflectivity else {}),
+            },
+        )
+        if cfg.plot is not None:
+            sequence = ForecastSequence(
+                inputs=display_values(normalised, norm, grid.quantity, units),
+                forecasts={"model": forecast},
+                observation=None,
+                issue_time=issue_time,
+                minutes_per_frame=grid.minutes_per_frame,
+                unit=units,
+                caption=f"run {run_dir} · checkpoint {checkpoint.name} · input {cfg.input}",
+            )
+            _write_pictures(
+                sequence, stem, cfg.plot, fps=cfg.fps, max_lead_times=cfg.max_lead_times
+            )
+    return PredictResult(
+        path=output,
+        pictures=pictures,
+        issue_time=issue_time,
+        valid_times=valid_times,
+        forecast=forecast,
+        units=units,
+        inputs=latest.labels,
+    )

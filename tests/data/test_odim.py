@@ -1,0 +1,134 @@
+"""ODIM_H5 reader: scaling, no data and no echo, quantities, time, grid, and one-line errors."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import h5py
+import numpy as np
+import pytest
+from radar_files import ODIM_PROJDEF, write_odim
+
+from nowcast.data.odim import scan_odim
+from nowcast.data.sources import SourceError
+from nowcast.units import rain_to_dbz
+
+WHEN = datetime(2024, 6, 1, 12, 5, tzinfo=timezone.utc)
+RAW = np.array([[0, 1, 64, 255], [100, 0, 254, 255], [20, 40, 60, 80]], np.uint8)
+ZR = {"zr_a": 200.0, "zr_b": 1.6}
+
+
+def _scan(path, quantity=None):
+    (frame,) = scan_odim(path, quantity=quantity, **ZR)
+    return frame
+
+
+@pytest.mark.parametrize("scaling_in", ["data", "dataset", "root"])
+def test_reflectivity_with_scaling_wherever_the_product_puts_it(tmp_path, scaling_in):
+    path = write_odim(tmp_path / "c.h5", RAW, WHEN, scaling_in=scaling_in)
+    frame = _scan(path)
+    assert frame.time == int(WHEN.timestamp())
+    assert (frame.quantity, frame.shape) == ("DBZH", (3, 4))
+    dbz = frame.read()
+    assert dbz.dtype == np.float32
+    expected = RAW * 0.5 - 32.0
+    valid = (RAW != 255) & (RAW != 0)
+    np.testing.assert_array_equal(dbz[valid], expected[valid])
+    assert np.all(np.isnan(dbz[RAW == 255]))  # nodata: outside coverage
+    assert np.all(np.isneginf(dbz[RAW == 0]))  # undetect: no echo
+    assert frame.grid["projdef"] == ODIM_PROJDEF
+    assert (frame.grid["xsize"], frame.grid["ysize"], frame.grid["xscale"]) == (4, 3, 2000.0)
+    assert frame.grid["LL_lon"] == -10.434
+
+
+def test_rain_rate_and_accumulation_become_dbz_with_the_zr_relation(tmp_path):
+    rate = write_odim(tmp_path / "rate.h5", RAW, WHEN, quantity="RATE", gain=0.1, offset=0.0)
+    acrr = write_odim(
+        tmp_path / "acrr.h5", RAW, WHEN, quantity="ACRR", gain=0.1 / 12, offset=0.0
+    )  # the same rain as mm in 5 minutes
+    for path in (rate, acrr):
+        dbz = _scan(path).read()
+        echo = (RAW != 255) & (RAW != 0)
+        np.testing.assert_allclose(dbz[echo], rain_to_dbz(RAW[echo] * 0.1), rtol=1e-5)
+        assert np.all(np.isneginf(dbz[RAW == 0])) and np.all(np.isnan(dbz[RAW == 255]))
+
+
+def test_float_data_without_scaling_uses_nan_for_no_data(tmp_path):
+    values = np.array([[np.nan, 12.5], [-4.0, 40.0]])
+    path = write_odim(
+        tmp_path / "f.h5", values, WHEN, gain=None, offset=None, nodata=None, undetect=None
+    )
+    np.testing.assert_array_equal(_scan(path).read(), values.astype(np.float32))
+
+
+def test_grid_may_sit_in_the_dataset(tmp_path):
+    path = write_odim(tmp_path / "c.h5", RAW, WHEN, where_in="dataset")
+    assert _scan(path).grid["projdef"] == ODIM_PROJDEF
+
+
+def test_quantity_picks_among_several_data(tmp_path):
+    path = write_odim(
+        tmp_path / "c.h5", RAW, WHEN, quantity="VRADH", extra_data={"TH": RAW, "DBZH": RAW}
+    )
+    assert _scan(path).quantity == "TH"  # the first known quantity
+    assert _scan(path, quantity="DBZH").quantity == "DBZH"
+    with pytest.raises(SourceError, match=r"c.h5 holds no RATE data \(found: VRADH, TH, DBZH\)"):
+        _scan(path, quantity="RATE")
+
+
+def _edit(path, action):
+    with h5py.File(path, "a") as f:
+        action(f)
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (
+            lambda f: f["dataset1/data1/what"].attrs.__setitem__("quantity", np.bytes_("VRADH")),
+            r"c.h5: quantity 'VRADH' is not one nowcast reads \(known: DBZH, TH, RATE, ACRR\)",
+        ),
+        (
+            lambda f: f["dataset1/data1/what"].attrs.__delitem__("quantity"),
+            r"c.h5 has no quantity attribute in /dataset1/data1/what",
+        ),
+        (
+            lambda f: f["dataset1/data1"].__delitem__("data"),
+            r"c.h5 has no /datasetN/dataM/data dataset; is it an ODIM_H5 file",
+        ),
+        (
+            lambda f: f["what"].attrs.__setitem__("date", np.bytes_("2024-06-01")),
+            r"c.h5: cannot read the time from date='2024-06-01' time='120500'",
+        ),
+        (
+            lambda f: (
+                f["what"].attrs.__delitem__("date"),
+                f["what"].attrs.__delitem__("time"),
+                f["dataset1/what"].attrs.__delitem__("enddate"),
+                f["dataset1/what"].attrs.__delitem__("endtime"),
+            ),
+            r"c.h5 has no date/time attributes in /what",
+        ),
+        (
+            lambda f: f["where"].attrs.__setitem__("xsize", np.int64(5)),
+            r"c.h5: /where xsize=5 differs from the data's 3x4",
+        ),
+        (
+            lambda f: f["dataset1/data1/what"].attrs.__setitem__("gain", np.bytes_("half")),
+            r"c.h5: /dataset1/data1 attribute gain='half' is not a number",
+        ),
+    ],
+    ids=["unknown-quantity", "no-quantity", "no-data", "bad-time", "no-time", "grid", "gain"],
+)
+def test_bad_files_are_one_line_naming_the_file(tmp_path, edit, match):
+    path = _edit(write_odim(tmp_path / "c.h5", RAW, WHEN), edit)
+    with pytest.raises(SourceError, match=match) as caught:
+        _scan(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_accumulation_needs_its_interval(tmp_path):
+    path = write_odim(tmp_path / "c.h5", RAW, WHEN, quantity="ACRR", accumulation_minutes=0)
+    with pytest.raises(SourceError, match="c.h5: ACRR needs the accumulation interval"):
+        _scan(path)

@@ -1,0 +1,215 @@
+"""Evaluation of a tiny trained run: outputs, another data set, bad input, the console script."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from expect import fails_with_one_line
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from nowcast.config import MetricsConfig, NormalisationConfig, config_dir, register_configs
+from nowcast.evaluation import evaluate, scoring_for, to_physical
+from nowcast.metrics import categorical_scores
+from nowcast.training import train
+from nowcast.units import normalise, rain_to_dbz
+
+METHODS = ["model", "persistence", "optical_flow"]
+
+
+@pytest.fixture(scope="module")
+def trained_runs():
+    return {}
+
+
+@pytest.fixture
+def tiny_run(fast_config, tmp_path_factory, trained_runs) -> Path:
+    """A `debug=fast` run on the session's tiny store, trained once for this module."""
+    if "run" not in trained_runs:
+        output_dir = tmp_path_factory.mktemp("tiny_run")
+        cfg = fast_config(f"paths.output_dir={output_dir}", "trainer.verbose=0")
+        trained_runs["run"] = train(cfg).run_dir
+    return trained_runs["run"]
+
+
+@pytest.fixture
+def evaluate_config(tmp_path):
+    """Compose `configs/evaluate.yaml`, writing under tmp_path, without a progress bar."""
+    register_configs()
+
+    def _compose(*overrides: str):
+        defaults = [
+            f"paths.output_dir={tmp_path / 'evaluation'}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            "progress=false",
+        ]
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose("evaluate", overrides=[*defaults, *overrides])
+
+    return _compose
+
+
+def test_scores_are_in_rain_rate_for_reflectivity_and_in_levels_for_vil():
+    norm = NormalisationConfig()
+    one_mmh = float(normalise(rain_to_dbz(1.0), norm))
+    values = np.array([np.nan, -0.2, 0.0, one_mmh, 1.5], np.float32)
+    rain = to_physical(values, norm, "DBZH")
+    assert np.isnan(rain[0]) and rain[1] == rain[2] == 0.0
+    assert rain[3] == pytest.approx(1.0, rel=1e-5)
+    assert rain[4] == pytest.approx(to_physical(np.float32(1.0), norm, "DBZH"), rel=1e-6)
+    assert scoring_for("DBZH", MetricsConfig()).thresholds == [0.5, 1, 2, 5, 10, 30]
+
+    vil_norm = NormalisationConfig(dbz_min=0.0, dbz_max=255.0)
+    levels = to_physical(np.array([np.nan, 0.0, 0.5, 2.0], np.float32), vil_norm, "VIL")
+    np.testing.assert_allclose(levels, [np.nan, 0.0, 127.5, 255.0])
+    vil = scoring_for("VIL", MetricsConfig())
+    assert vil.unit == "VIL level" and vil.thresholds == [16, 74, 133, 160, 181, 219]
+    assert not vil.balanced
+    with pytest.raises(ValueError, match=r"positive and increasing, Received: \[2.0, 1.0\]"):
+        scoring_for("DBZH", MetricsConfig(thresholds_mmh=[2.0, 1.0]))
+
+
+def test_evaluate_scores_the_run_split_and_baselines(tiny_run, evaluate_config):
+    result = evaluate(evaluate_config(f"run={tiny_run}", "batch_size=16"))
+    out = result.output_dir
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["metrics.json", "categorical.csv", "continuous.csv", "summary.txt", "csi.png", "hss.png"]
+    )
+    assert not list(out.parent.glob(".evaluation.*")), "temporary folders left behind"
+
+    record = json.loads((out / "metrics.json").read_text())
+    split = json.loads((tiny_run / "split.json").read_text())
+    assert record["data"]["windows"] == split["splits"]["test"]["windows"]
+    assert record["data"]["store"] == split["store"]
+    assert record["checkpoint"] == str(tiny_run / "checkpoints" / "best.keras")
+    assert record["lead_times_min"] == [5.0, 10.0, 15.0]
+    assert record["thresholds"] == [0.5, 1.0, 2.0, 5.0, 10.0, 30.0]
+    assert record["units"] == "mm/h" and record["data"]["quantity"] == "DBZH"
+    assert list(record["methods"]) == METHODS
+
+    valid_pixels = None
+    for method, scores in record["methods"].items():
+        counts = np.stack([scores["contingency"][k] for k in scores["contingency"]], axis=-1)
+        assert counts.shape == (3, 6, 4)
+        # Every valid pixel lands in exactly one cell, for every method and threshold.
+        totals = counts.sum(axis=-1)
+        assert np.all(totals == totals[:, :1]), method
+        valid_pixels = totals[:, 0] if valid_pixels is None else valid_pixels
+        np.testing.assert_array_equal(totals[:, 0], valid_pixels)
+        np.testing.assert_array_equal(scores["error_sums"]["valid_pixels"], valid_pixels)
+        # The stored scores are those of the stored counts.
+        for name, value in categorical_scores(counts).items():
+            stored = np.array(scores["scores"][name], dtype=float)
+            np.testing.assert_allclose(stored, value, rtol=1e-12, err_msg=f"{method} {name}")
+        assert np.array(scores["scores"]["fss"]).shape == (3, 2)
+    persistence = record["methods"]["persistence"]["mean_over_lead_times"]
+    assert 0 < persistence["csi"][0] < 1 and persistence["mse"] > 0
+
+    with open(out / "categorical.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * 3 * 6
+    assert rows[0]["method"] == "model" and float(rows[0]["threshold"]) == 0.5
+    with open(out / "continuous.csv") as f:
+        header = next(csv.reader(f))
+    assert header[-2:] == ["fss_ge1_5px", "fss_ge1_20px"]
+    for method in METHODS:
+        assert method in result.summary
+    assert result.summary == (out / "summary.txt").read_text().strip()
+
+
+def test_another_data_set_with_a_fitting_frame_size(tiny_run, evaluate_config, tmp_path):
+    other = tmp_path / "other_48x48.h5"
+    cfg = evaluate_config(
+        f"run={tiny_run}",
+        "data=synthetic",
+        f"data.path={other}",
+        "data.synthetic={frames: 120, height: 48, width: 48, seed: 5}",
+        "data.split.block_hours=2",
+        "split=val",
+        "baselines=[persistence]",
+        "batch_size=16",
+    )
+    record = evaluate(cfg).metrics
+    assert record["data"]["store"] == str(other) and record["data"]["frame_size"] == [48, 48]
+    assert record["data"]["split_from"] == "data config" and record["data"]["windows"] > 0
+    assert list(record["methods"]) == ["model", "persistence"]
+
+
+def test_bad_run_directories_and_checkpoints_are_one_line(
+    tiny_run, evaluate_config, tmp_path, capsys
+):
+    missing = tmp_path / "no_such_run"
+    line = fails_with_one_line(lambda: evaluate(evaluate_config(f"run={missing}")), capsys)
+    assert f"run directory not found: {missing}" in line
+
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    shutil.copy(tiny_run / "config.yaml", untrained)
+    line = fails_with_one_line(lambda: evaluate(evaluate_config(f"run={untrained}")), capsys)
+    assert "checkpoint not found" in line and "best.keras" in line and "checkpoint=" in line
+
+    junk = tmp_path / "junk.keras"
+    junk.write_text("not a zip file")
+    cfg = evaluate_config(f"run={tiny_run}", f"checkpoint={junk}")
+    line = fails_with_one_line(lambda: evaluate(cfg), capsys)
+    assert f"{junk} is not a Keras checkpoint" in line
+
+
+def test_a_checkpoint_of_another_architecture_is_one_line(
+    tiny_run, evaluate_config, tmp_path, capsys
+):
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_run, changed, ignore=shutil.ignore_patterns("evaluation"))
+    run_cfg = OmegaConf.load(changed / "config.yaml")
+    run_cfg.model.head_filters = 6
+    OmegaConf.save(run_cfg, changed / "config.yaml")
+    line = fails_with_one_line(lambda: evaluate(evaluate_config(f"run={changed}")), capsys)
+    assert "does not match the model of the run's config.yaml" in line
+    assert "head_filters=4 in the checkpoint, 6 in config.yaml" in line
+    assert not (tmp_path / "evaluation").exists()
+
+
+def test_frames_the_model_cannot_take_are_one_line(tiny_run, evaluate_config, tmp_path, capsys):
+    cfg = evaluate_config(
+        f"run={tiny_run}",
+        "data=synthetic",
+        f"data.path={tmp_path / 'odd.h5'}",
+        "data.synthetic={frames: 120, height: 33, width: 33}",
+        "data.split.block_hours=2",
+    )
+    line = fails_with_one_line(lambda: evaluate(cfg), capsys)
+    assert "cannot take frames of 33x33 pixels" in line and "not divisible" in line
+    assert not (tmp_path / "evaluation").exists()
+
+
+def test_existing_output_is_kept_without_overwrite(tiny_run, evaluate_config, tmp_path, capsys):
+    previous = tmp_path / "evaluation"
+    previous.mkdir()
+    (previous / "metrics.json").write_text("{}")
+    cfg = evaluate_config(f"run={tiny_run}")
+    line = fails_with_one_line(lambda: evaluate(cfg), capsys)
+    assert f"{previous} exists; pass overwrite=true" in line
+    assert (previous / "metrics.json").read_text() == "{}"
+
+
+def test_console_script_end_to_end(tiny_run, tmp_path):
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "nowcast-evaluate"), f"run={tiny_run}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tiny_run / "evaluation"
+    assert f"Evaluation written to {out}" in done.stdout
+    table = done.stdout[done.stdout.index("CSI") :]
+    for method in METHODS:
+        assert method in table
+    assert (out / "metrics.json").is_file() and (out / "csi.png").is_file()
+    assert list(tmp_path.iterdir()) == [], "nothing is written where the command runs"
