@@ -110,7 +110,9 @@ def _train(cfg: DictConfig) -> None:
         ("metrics.csv", "losses and learning rate per epoch"),
         ("backup", f"training state (train on: nowcast-train resume={run_dir} trainer.epochs=N)"),
     ]:
-        print(f"  {name:<12} {what}")
+        if (run_dir / name).exists():  # no TensorBoard logs under JAX
+            print(f"  {name:<12} {what}")
+    print(f"Score it against persistence and optical flow: nowcast-evaluate run={run_dir}")
 
 
 def train_main() -> None:
