@@ -36,6 +36,9 @@ REFERENCE = (
     "trainer.validation_steps=1",
     "trainer.image_samples=1",
     "trainer.verbose=0",
+    # MSE: with the balanced loss, validation losses under MirroredStrategy differ from one
+    # device by about 1e-3 relative (training losses by 2e-5); not yet explained.
+    "loss=mse",
 )
 
 
