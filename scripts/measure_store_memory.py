@@ -27,7 +27,13 @@ import numpy as np
 
 from nowcast.config import DataConfig, SyntheticConfig
 from nowcast.data.store import StoreWriter
-from nowcast.data.synthetic import iter_synthetic_frames, synthetic_grid
+from nowcast.data.synthetic import (
+    START_TIME,
+    ZR_A,
+    ZR_B,
+    iter_synthetic_frames,
+    synthetic_grid,
+)
 
 UNIQUE_DAYS = 2
 WINDOW_IN, WINDOW_OUT, BATCH = 5, 12, 8
@@ -36,15 +42,15 @@ WINDOW_IN, WINDOW_OUT, BATCH = 5, 12, 8
 def write_scale_store(path: Path, cfg: SyntheticConfig, frames: int, block: np.ndarray) -> None:
     """`frames` frames cycling through `block` (n, H, W) dBZ, 5 minutes apart."""
     step = round(cfg.minutes_per_frame * 60)
-    start = int(np.datetime64("2024-06-01T00:00:00", "s").astype(np.int64))
+    start = int(START_TIME.astype(np.int64))
     with StoreWriter(
         path,
         height=cfg.height,
         width=cfg.width,
         grid=synthetic_grid(cfg),
         minutes_per_frame=cfg.minutes_per_frame,
-        zr_a=200.0,
-        zr_b=1.6,
+        zr_a=ZR_A,
+        zr_b=ZR_B,
         overwrite=True,
     ) as writer:
         for first in range(0, frames, len(block)):
