@@ -1,6 +1,7 @@
 """Shared fixtures: configs composed through Hydra's compose API, and one tiny synthetic store."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -60,3 +61,21 @@ def fast_config(compose_config, tiny_store):
         return compose_config("debug=fast", f"data.path={tiny_store}", *overrides)
 
     return _compose
+
+
+@pytest.fixture(scope="module")
+def trained_runs() -> dict:
+    """Runs trained for the current test module, so each module trains a run once."""
+    return {}
+
+
+@pytest.fixture
+def tiny_run(fast_config, tmp_path_factory, trained_runs) -> Path:
+    """A `debug=fast` run on the session's tiny store, trained once per test module."""
+    if "run" not in trained_runs:
+        from nowcast.training import train
+
+        output_dir = tmp_path_factory.mktemp("tiny_run")
+        cfg = fast_config(f"paths.output_dir={output_dir}", "trainer.verbose=0")
+        trained_runs["run"] = train(cfg).run_dir
+    return trained_runs["run"]

@@ -16,25 +16,9 @@ from omegaconf import OmegaConf
 from nowcast.config import MetricsConfig, NormalisationConfig, config_dir, register_configs
 from nowcast.evaluation import evaluate, scoring_for, to_physical
 from nowcast.metrics import categorical_scores
-from nowcast.training import train
 from nowcast.units import normalise, rain_to_dbz
 
 METHODS = ["model", "persistence", "optical_flow"]
-
-
-@pytest.fixture(scope="module")
-def trained_runs():
-    return {}
-
-
-@pytest.fixture
-def tiny_run(fast_config, tmp_path_factory, trained_runs) -> Path:
-    """A `debug=fast` run on the session's tiny store, trained once for this module."""
-    if "run" not in trained_runs:
-        output_dir = tmp_path_factory.mktemp("tiny_run")
-        cfg = fast_config(f"paths.output_dir={output_dir}", "trainer.verbose=0")
-        trained_runs["run"] = train(cfg).run_dir
-    return trained_runs["run"]
 
 
 @pytest.fixture

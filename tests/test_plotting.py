@@ -160,24 +160,6 @@ def test_the_still_draws_no_data_in_grey(tmp_path):
     assert grey_pixels(with_gaps) > grey_pixels(covered) + 7 * 80 * 80 * 0.9
 
 
-@pytest.fixture(scope="module")
-def trained_runs():
-    return {}
-
-
-@pytest.fixture
-def tiny_run(fast_config, tmp_path_factory, trained_runs) -> Path:
-    """A `debug=fast` run on the session's tiny store, trained once for this module."""
-    if "run" not in trained_runs:
-        from nowcast.training import train
-
-        output_dir = tmp_path_factory.mktemp("tiny_run")
-        trained_runs["run"] = train(
-            fast_config(f"paths.output_dir={output_dir}", "trainer.verbose=0")
-        ).run_dir
-    return trained_runs["run"]
-
-
 def compose_command(name: str, *overrides: str):
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

@@ -58,11 +58,6 @@ def odim(tiny_store, tmp_path_factory):
     return {"files": files, "store": convert(cfg).path, "times": times}
 
 
-@pytest.fixture(scope="module")
-def trained_runs():
-    return {}
-
-
 @pytest.fixture
 def odim_run(odim, fast_config, tmp_path_factory, trained_runs) -> Path:
     """A `debug=fast` run on the converted ODIM store, trained once for this module."""
