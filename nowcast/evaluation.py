@@ -430,7 +430,30 @@ def summary_table(record: dict) -> str:
         for m, r in methods.items()
     }
     block("", headers, rows)
+    lines += head_to_head(record)
     return "\n".join(lines)
+
+
+def head_to_head(record: dict, score: str = "csi") -> list[str]:
+    """Lines comparing the model's `score` with each baseline's, per threshold: at how many
+    lead times the model is higher, and the model's mean over lead times minus the baseline's."""
+    methods = record["methods"]
+    if "model" not in methods or len(methods) < 2:
+        return []
+    model = np.asarray(methods["model"]["scores"][score])
+    rows = {}
+    for method, result in methods.items():
+        if method != "model":
+            other = np.asarray(result["scores"][score])
+            rows[f"{method}: leads won"] = [f"{n}/{len(model)}" for n in (model > other).sum(0)]
+            rows[f"{method}: mean diff"] = [f"{d:+.3f}" for d in model.mean(0) - other.mean(0)]
+    width = max(map(len, rows)) + 2
+    title = f"{score.upper()}, model vs"
+    lines = ["", f"{title:<{width}}" + "".join(f"{f'>={t:g}':>12}" for t in record["thresholds"])]
+    lines += [
+        f"{name:<{width}}" + "".join(f"{v:>12}" for v in values) for name, values in rows.items()
+    ]
+    return lines
 
 
 def _write_outputs(folder: Path, record: dict, summary: str) -> None:

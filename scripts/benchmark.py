@@ -29,7 +29,7 @@ and `recurrent="keras"` (ConvLSTM2D), identical otherwise, and measures:
 XLA (`--jit auto`) is what Keras picks: off for TensorFlow on a CPU (it made ConvLSTM2D far
 slower there), on for a GPU and for JAX. The JSON records TF_ENABLE_ONEDNN_OPTS: TensorFlow
 uses oneDNN kernels by default only on CPUs with AVX-512 and the like, and setting it to 1
-changes CPU figures a lot.
+changes CPU figures a lot (`make bench` sets it to 1, as `make train` does).
 
 It prints a table and writes a JSON file (default benchmarks/benchmark-<device>-<backend>.json)
 with one entry per preset. `--profile` also traces a few training steps of each build with the
@@ -386,7 +386,9 @@ def pipeline_windows_per_second(
 # Profile (TensorFlow) -------------------------------------------------------------------------
 
 
-_OP_EVENT = re.compile(r"([^:\s][^:]*):([A-Za-z][A-Za-z0-9_]*)")
+# "scope/op_name:OpType"; oneDNN kernels (TF_ENABLE_ONEDNN_OPTS=1) have types such as
+# _MklNativeConv2DBackpropFilter, reported without the prefix.
+_OP_EVENT = re.compile(r"([^:\s][^:]*):(?:_Mkl(?:Native)?)?([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def profile_train_steps(model, x, y, steps: int, logdir: Path) -> tuple[Counter, Counter]:

@@ -66,6 +66,9 @@ def test_every_experiment_composes_into_a_valid_run(compose_config, experiment):
     cfg = compose_config(f"experiment={experiment}", "data.path=somewhere.h5")
     assert make_optimizer(cfg.optimizer, total_steps=10).learning_rate is not None
     assert make_loss(cfg.loss, cfg.data.normalisation).terms
+    if cfg.data.name == "synthetic":  # the network takes the frames the preset generates
+        frame = (cfg.data.synthetic.height, cfg.data.synthetic.width, 1)
+        assert build_model(cfg.model, n_out=1, input_shape=frame).count_params() > 0
 
 
 def test_experiment_sets_several_groups_and_keeps_command_line_overrides(compose_config):

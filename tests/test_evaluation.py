@@ -14,11 +14,31 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from nowcast.config import MetricsConfig, NormalisationConfig, config_dir, register_configs
-from nowcast.evaluation import evaluate, scoring_for, to_physical
+from nowcast.evaluation import evaluate, head_to_head, scoring_for, to_physical
 from nowcast.metrics import categorical_scores
 from nowcast.units import normalise, rain_to_dbz
 
 METHODS = ["model", "persistence", "optical_flow"]
+
+
+def test_head_to_head_counts_lead_times_won_and_the_mean_difference():
+    model = np.array([[0.6, 0.3], [0.5, 0.2], [0.4, 0.1]])
+    flow = np.array([[0.7, 0.2], [0.5, 0.1], [0.3, 0.1]])
+    record = {
+        "thresholds": [1.0, 5.0],
+        "methods": {
+            "model": {"scores": {"csi": model}},
+            "optical_flow": {"scores": {"csi": flow}},
+        },
+    }
+    title, wins, mean = head_to_head(record)[1:]
+    assert title.split()[-2:] == [">=1", ">=5"]
+    # Ties (0.5 = 0.5, 0.1 = 0.1) are not wins.
+    assert wins.split() == ["optical_flow:", "leads", "won", "1/3", "2/3"]
+    assert mean.split() == ["optical_flow:", "mean", "diff", "+0.000", "+0.067"]
+    assert (
+        head_to_head({"thresholds": [1.0], "methods": {"model": record["methods"]["model"]}}) == []
+    )
 
 
 @pytest.fixture
