@@ -109,6 +109,8 @@ class ModelConfig:
     conv_negative_slope: float = 0.2
     # fused (nowcast's ConvLSTM) | keras (keras.layers.ConvLSTM2D, for comparison).
     recurrent: str = "fused"
+    # The head also takes the newest input frame at full resolution (a U-Net-style skip).
+    last_frame_skip: bool = False
 
 
 @dataclass

@@ -21,6 +21,7 @@ renamed when complete:
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import logging
 import math
@@ -216,7 +217,13 @@ def load_checkpoint(
     expected = build_model(run_cfg.model, n_out=run_cfg.data.n_out)
     # Through JSON, so that tuples compare equal to the saved lists.
     expected_config = json.loads(json.dumps(expected.get_config()))
-    saved_config = saved.get("config", {})
+    # A checkpoint saved before an option existed was built with the option's default.
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(type(expected)).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    saved_config = {**defaults, **saved.get("config", {})}
     differences = [
         f"{key}={saved_config.get(key)!r} in the checkpoint, {value!r} in config.yaml"
         for key, value in expected_config.items()

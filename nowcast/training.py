@@ -150,6 +150,13 @@ def window_order(n_windows: int, *, seed: int, count: int) -> np.ndarray:
     return np.concatenate([rng.permutation(n_windows) for _ in range(passes)])[:count]
 
 
+def evenly_spaced(starts: np.ndarray, count: int) -> np.ndarray:
+    """`count` of `starts` (all if there are no more), spread evenly and in order."""
+    if count >= len(starts):
+        return starts
+    return starts[np.linspace(0, len(starts) - 1, count).round().astype(int)]
+
+
 def make_optimizer(opt_cfg: DictConfig, total_steps: int) -> keras.optimizers.Optimizer:
     """Adam or AdamW with the configured learning-rate schedule (see OptimizerConfig).
 
@@ -459,9 +466,10 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
 
         return distribute_windows(strategy, order[first_step:], read)
 
-    # With validation_steps, the same first batches every epoch, so losses compare across epochs.
+    # With validation_steps, the same windows every epoch, so losses compare across epochs,
+    # spread evenly over the split: the first ones would be a few hours of one day's weather.
     validation_count = (trainer_cfg.validation_steps or len(splits["val"])) * batch
-    validation = windows(splits["val"][:validation_count], batch)
+    validation = windows(evenly_spaced(splits["val"], validation_count), batch)
     images = None
     if trainer_cfg.image_samples and keras.backend.backend() == "tensorflow":
         samples = splits["val"][: trainer_cfg.image_samples]

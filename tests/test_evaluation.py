@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,25 @@ def test_a_checkpoint_of_another_architecture_is_one_line(
     assert "does not match the model of the run's config.yaml" in line
     assert "head_filters=4 in the checkpoint, 6 in config.yaml" in line
     assert not (tmp_path / "evaluation").exists()
+
+
+def test_a_checkpoint_saved_before_an_option_existed_loads_with_its_default(
+    tiny_run, evaluate_config, tmp_path
+):
+    older = tmp_path / "older"
+    shutil.copytree(tiny_run, older, ignore=shutil.ignore_patterns("evaluation"))
+    best = older / "checkpoints" / "best.keras"
+    with zipfile.ZipFile(best) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    saved = json.loads(files["config.json"])
+    for option in ("recurrent", "last_frame_skip"):  # added after the first checkpoints
+        del saved["config"][option]
+    files["config.json"] = json.dumps(saved).encode()
+    with zipfile.ZipFile(best, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    result = evaluate(evaluate_config(f"run={older}", "baselines=[]"))
+    assert result.metrics["checkpoint"] == str(best)
 
 
 def test_frames_the_model_cannot_take_are_one_line(tiny_run, evaluate_config, tmp_path, capsys):

@@ -26,7 +26,7 @@ from nowcast.distribute import (
     resolve_jit_compile,
     resolve_precision,
 )
-from nowcast.training import make_optimizer, resume_config, train, window_order
+from nowcast.training import evenly_spaced, make_optimizer, resume_config, train, window_order
 
 # Two epochs of three steps, a backup every two steps: enough to interrupt mid-epoch.
 REFERENCE = (
@@ -294,6 +294,14 @@ def test_window_order_passes_over_every_window_and_extends_consistently():
     assert sorted(order[:5]) == sorted(order[5:10]) == list(range(5))
     np.testing.assert_array_equal(window_order(5, seed=3, count=7), order[:7])
     assert not np.array_equal(window_order(5, seed=4, count=12), order)
+
+
+def test_validation_windows_spread_over_the_whole_split():
+    starts = np.arange(100, 200)
+    np.testing.assert_array_equal(evenly_spaced(starts, 5), [100, 125, 150, 174, 199])
+    np.testing.assert_array_equal(evenly_spaced(starts, 1), [100])
+    np.testing.assert_array_equal(evenly_spaced(starts, 100), starts)
+    np.testing.assert_array_equal(evenly_spaced(starts, 500), starts)
 
 
 class FakeContext:

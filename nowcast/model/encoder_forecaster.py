@@ -62,7 +62,9 @@ class EncoderForecaster(keras.Model):
     (the top stage with no input frames, the others on the upsampled output of the stage
     above), then a Conv2DTranspose with stage k's downsample kernel and stride + LeakyReLU
     brings the sequence back to stage k's input size. A 3x3 Conv2D(head_filters) + LeakyReLU
-    and a linear 1x1 Conv2D(out_channels) give the output frames.
+    and a linear 1x1 Conv2D(out_channels) give the output frames. With `last_frame_skip`, the
+    newest input frame joins the 3x3 convolution's input at every lead time: the head sees
+    the observed field at full resolution, not only what passed through the coarse maps.
 
     The network is fully convolutional, so it takes any frame size that the product of the
     downsample strides divides (a peephole model only the size it was built for), and any
@@ -84,6 +86,7 @@ class EncoderForecaster(keras.Model):
             forget_bias 1.0 or 0.0, and rejects zero input channels: the top forecaster stage
             gets one channel of zeros, which adds kernel_size**2 * 4 * filters weights.
         conv_negative_slope: Slope of the LeakyReLU after each (transposed) convolution.
+        last_frame_skip: Whether the head also takes the newest input frame (see above).
         **kwargs: Base `keras.Model` arguments (name, dtype, ...).
 
     Call arguments:
@@ -110,6 +113,7 @@ class EncoderForecaster(keras.Model):
         layer_norm=False,
         conv_negative_slope=0.2,
         recurrent="fused",
+        last_frame_skip=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -143,6 +147,11 @@ class EncoderForecaster(keras.Model):
                 f"{peephole=}, {layer_norm=}, {forget_bias=}"
             )
         self.recurrent = recurrent
+        if not isinstance(last_frame_skip, bool):
+            raise ValueError(
+                f"`last_frame_skip` must be True or False. Received: {last_frame_skip=!r}"
+            )
+        self.last_frame_skip = last_frame_skip
 
         def rnn(stage, name):
             if recurrent == "keras":
@@ -251,7 +260,8 @@ class EncoderForecaster(keras.Model):
             self.upsamplers[k].build(state)
             channels = stage["filters"]
         frame = (None, *input_shape[2:4])
-        self.head.build((*frame, self.head_filters))
+        skip_channels = input_shape[-1] if self.last_frame_skip else 0
+        self.head.build((*frame, self.head_filters + skip_channels))
         self.output_conv.build((*frame, self.head_filters))
 
     def _per_frame(self, fn, x):
@@ -265,9 +275,15 @@ class EncoderForecaster(keras.Model):
     def _leaky(self, x):
         return ops.leaky_relu(x, negative_slope=self.conv_negative_slope)
 
-    def _output_frames(self, frames):
-        """(B*n_out, H_0, W_0, F_0) from forecaster stage 0 -> (B*n_out, H, W, out_channels)."""
+    def _output_frames(self, frames, last_frame=None):
+        """(B*n_out, H_0, W_0, F_0) from forecaster stage 0 -> (B*n_out, H, W, out_channels).
+
+        `last_frame` (B*n_out, H, W, C), the newest input frame for each output frame, is
+        concatenated to the upsampled features when given.
+        """
         frames = self._leaky(self.upsamplers[0](frames))
+        if last_frame is not None:
+            frames = ops.concatenate([frames, ops.cast(last_frame, frames.dtype)], axis=-1)
         return self.output_conv(self._leaky(self.head(frames)))
 
     def _recur(self, rnn, inputs, initial_state=None, training=False):
@@ -301,7 +317,10 @@ class EncoderForecaster(keras.Model):
             )  # (B, n_out, H_k, W_k, F_k)
             if k:
                 y = self._leaky(self._per_frame(self.upsamplers[k], y))  # (B, n_out, H_k-1, ...)
-        return self._per_frame(self._output_frames, y)
+        # The newest input frame beside each output frame: (B, H, W, C) -> (B*n_out, H, W, C),
+        # in the order of (B, n_out) folded into one axis.
+        last = ops.repeat(inputs[:, -1], self.n_out, axis=0) if self.last_frame_skip else None
+        return self._per_frame(lambda frames: self._output_frames(frames, last), y)
 
     def get_config(self):
         return {
@@ -316,4 +335,5 @@ class EncoderForecaster(keras.Model):
             "layer_norm": self.layer_norm,
             "conv_negative_slope": self.conv_negative_slope,
             "recurrent": self.recurrent,
+            "last_frame_skip": self.last_frame_skip,
         }

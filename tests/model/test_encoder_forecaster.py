@@ -95,6 +95,28 @@ def test_saved_and_loaded_model_gives_identical_forecasts(tmp_path):
     np.testing.assert_allclose(np.asarray(loaded(inputs)), expected, rtol=0, atol=1e-6)
 
 
+def test_last_frame_skip_gives_the_head_the_newest_frame_of_each_sample(tmp_path):
+    model = EncoderForecaster(TWO_STAGES, n_out=3, head_filters=4, last_frame_skip=True)
+    inputs = _frames((2, 3, 16, 16, 1))
+    model(inputs)
+    # The head's kernel takes the 4 upsampled channels, then the frame: pass only the frame.
+    kernel = np.zeros(model.head.kernel.shape, np.float32)
+    assert kernel.shape == (3, 3, 5, 4)
+    kernel[1, 1, 4, 0] = 1.0
+    model.head.set_weights([kernel, np.zeros(4, np.float32)])
+    model.output_conv.set_weights([np.ones((1, 1, 4, 1), np.float32), np.zeros(1, np.float32)])
+    forecast = np.asarray(model(inputs))
+    for lead in range(3):
+        np.testing.assert_allclose(forecast[:, lead], inputs[:, -1], rtol=1e-6)
+
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.get_config()["last_frame_skip"] is True
+    np.testing.assert_allclose(np.asarray(loaded(inputs)), forecast, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="`last_frame_skip` must be True or False"):
+        EncoderForecaster(TWO_STAGES, n_out=3, last_frame_skip="yes")
+
+
 def test_build_model_from_each_config_form():
     dataclass_cfg = ModelConfig(
         stages=[
