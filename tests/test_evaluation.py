@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from nowcast.config import MetricsConfig, NormalisationConfig, config_dir, register_configs
 from nowcast.evaluation import evaluate, head_to_head, scoring_for, to_physical
 from nowcast.metrics import categorical_scores
+from nowcast.model import build_model
 from nowcast.units import normalise, rain_to_dbz
 
 METHODS = ["model", "persistence", "optical_flow"]
@@ -177,6 +178,43 @@ def test_a_checkpoint_of_another_architecture_is_one_line(
     assert "does not match the model of the run's config.yaml" in line
     assert "head_filters=4 in the checkpoint, 6 in config.yaml" in line
     assert not (tmp_path / "evaluation").exists()
+
+
+def test_a_model_that_copies_its_last_frame_scores_exactly_persistence(
+    tiny_run, evaluate_config, tmp_path
+):
+    """The sanity checks of the synthetic benchmark: copying the newest frame is persistence,
+    and on moving echoes optical flow is far ahead of it, as on real radar."""
+    copier = tmp_path / "copier"
+    shutil.copytree(tiny_run, copier, ignore=shutil.ignore_patterns("evaluation"))
+    run_cfg = OmegaConf.load(copier / "config.yaml")
+    run_cfg.model.last_frame_skip = True
+    OmegaConf.save(run_cfg, copier / "config.yaml")
+    model = build_model(run_cfg.model, n_out=run_cfg.data.n_out, input_shape=(32, 32, 1))
+    head = np.zeros(model.head.kernel.shape, np.float32)
+    head[1, 1, -1, 0] = 1.0  # the head passes the newest frame, the output conv adds it up
+    model.head.set_weights([head, np.zeros(head.shape[-1], np.float32)])
+    model.output_conv.set_weights([np.ones((1, 1, head.shape[-1], 1), np.float32), np.zeros(1)])
+    model.save(copier / "checkpoints" / "best.keras")
+
+    cfg = evaluate_config(
+        f"run={copier}",
+        "data=synthetic",
+        f"data.path={tmp_path / 'day64.h5'}",
+        "data.synthetic.height=64",
+        "data.synthetic.width=64",
+        "data.synthetic.frames=288",
+        "data.split.block_hours=4",
+    )
+    methods = evaluate(cfg).metrics["methods"]
+    for score, values in methods["persistence"]["scores"].items():
+        np.testing.assert_allclose(methods["model"]["scores"][score], values, rtol=1e-6)
+    # At 1 mm/h, every lead time (5-15 min here; over an hour on 128x128 frames optical flow
+    # scores 1.5 times persistence's mean CSI).
+    flow, persistence = (
+        np.asarray(methods[m]["scores"]["csi"])[:, 1] for m in ("optical_flow", "persistence")
+    )
+    assert (flow > persistence + 0.03).all(), (flow, persistence)
 
 
 def test_a_checkpoint_saved_before_an_option_existed_loads_with_its_default(
