@@ -33,9 +33,16 @@ from typing import Any
 import h5py
 import numpy as np
 
-from nowcast.data.sources import SourceError, SourceFrame, number, open_hdf5, parse_time, plain
+from nowcast.data.sources import (
+    SourceError,
+    SourceFrame,
+    number,
+    open_hdf5,
+    parse_time,
+    physical_to_dbz,
+    plain,
+)
 from nowcast.data.sources import text as attr_text
-from nowcast.units import rain_to_dbz
 
 GEO_PARAMETERS = {
     "REFLECTIVITY_[DBZ]": "DBZH",
@@ -185,10 +192,8 @@ def _read_frame(
     with open_hdf5(path) as f:
         pixels = f["image1/image_data"][...]
     values = pixels.astype(np.float64) * gain + offset
-    if quantity == "DBZH":
-        dbz = values
-    else:
-        rain_mmh = values if interval_minutes is None else values * 60.0 / interval_minutes
-        dbz = rain_to_dbz(np.maximum(rain_mmh, 0.0), zr_a, zr_b)
+    dbz = physical_to_dbz(
+        values, is_dbz=quantity == "DBZH", interval_minutes=interval_minutes, zr_a=zr_a, zr_b=zr_b
+    )
     dbz[np.isin(pixels, no_data_values)] = np.nan
     return dbz.astype(np.float32)

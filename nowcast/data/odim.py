@@ -30,9 +30,16 @@ from typing import Any
 import h5py
 import numpy as np
 
-from nowcast.data.sources import SourceError, SourceFrame, number, open_hdf5, parse_time, plain
+from nowcast.data.sources import (
+    SourceError,
+    SourceFrame,
+    number,
+    open_hdf5,
+    parse_time,
+    physical_to_dbz,
+    plain,
+)
 from nowcast.data.sources import text as attr_text
-from nowcast.units import rain_to_dbz
 
 QUANTITY_UNITS = {"DBZH": "dBZ", "TH": "dBZ", "RATE": "mm/h", "ACRR": "mm"}
 _TIME_FORMAT = ("%Y%m%d%H%M%S",)
@@ -190,12 +197,10 @@ def _read_frame(
         no_data |= raw == scaling["nodata"]
     no_echo = raw == scaling["undetect"] if scaling["undetect"] is not None else False
     values = raw.astype(np.float64) * scaling["gain"] + scaling["offset"]
-    if QUANTITY_UNITS[quantity] == "dBZ":
-        dbz = values
-    else:
-        rain_mmh = values if interval_minutes is None else values * 60.0 / interval_minutes
-        with np.errstate(invalid="ignore"):
-            dbz = rain_to_dbz(np.maximum(rain_mmh, 0.0), zr_a, zr_b)
+    is_dbz = QUANTITY_UNITS[quantity] == "dBZ"
+    dbz = physical_to_dbz(
+        values, is_dbz=is_dbz, interval_minutes=interval_minutes, zr_a=zr_a, zr_b=zr_b
+    )
     dbz[no_echo] = -np.inf
     dbz[no_data] = np.nan
     return dbz.astype(np.float32)

@@ -21,6 +21,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from nowcast.units import rain_to_dbz
+
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 
 
@@ -141,3 +143,15 @@ def parse_time(stamp: str, formats: tuple[str, ...]) -> int:
 def iso(seconds: int) -> str:
     """A time in seconds since 1970-01-01 UTC as YYYY-MM-DDTHH:MM:SSZ."""
     return datetime.fromtimestamp(int(seconds), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def physical_to_dbz(
+    values: np.ndarray, *, is_dbz: bool, interval_minutes: float | None, zr_a: float, zr_b: float
+) -> np.ndarray:
+    """A frame's calibrated values as dBZ: reflectivity as it is; a rain rate (mm/h), or an
+    accumulation over `interval_minutes` (mm), through Z = a R^b."""
+    if is_dbz:
+        return values
+    rain_mmh = values if interval_minutes is None else values * 60.0 / interval_minutes
+    with np.errstate(invalid="ignore"):
+        return rain_to_dbz(np.maximum(rain_mmh, 0.0), zr_a, zr_b)
