@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+# Keys that older runs' config.yaml may hold and the schemas no longer have. A key goes here
+# when it is removed, so those runs still resume and evaluate.
+RETIRED_KEYS = (
+    # Never read by training, which orders windows itself (nowcast.training.window_order).
+    "data.shuffle_buffer",
+)
 
 
 def config_dir() -> Path:
@@ -71,7 +78,6 @@ class DataConfig:
     n_out: int = 12
     stride: int = 1
     batch_size: int = 8
-    shuffle_buffer: int = 256
     min_valid_fraction: float = 0.5
     min_wet_fraction: float = 0.0
     wet_threshold: float = 7.0
@@ -353,3 +359,14 @@ def register_configs() -> None:
         ("paths", PathsConfig),
     ]:
         store.store(group=group, name=f"base_{group}", node=schema)
+
+
+def read_saved_config(path: str | Path) -> DictConfig:
+    """A run's saved config.yaml, without the keys that later versions removed (RETIRED_KEYS)."""
+    cfg = OmegaConf.load(path)
+    for key in RETIRED_KEYS:
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and name in node:
+            del node[name]
+    return cfg

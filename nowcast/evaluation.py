@@ -40,7 +40,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nowcast.baselines import make_baseline
-from nowcast.config import DataConfig, MetricsConfig, ModelConfig, NormalisationConfig
+from nowcast.config import (
+    DataConfig,
+    MetricsConfig,
+    ModelConfig,
+    NormalisationConfig,
+    read_saved_config,
+)
 from nowcast.data.pipeline import WindowDataset, select_windows
 from nowcast.data.store import REFLECTIVITY, VIL, open_store
 from nowcast.data.windows import SPLITS
@@ -159,7 +165,7 @@ def load_run_config(run_dir: Path) -> DictConfig:
             "written by nowcast-train>"
         )
     try:
-        saved = OmegaConf.load(path)
+        saved = read_saved_config(path)
         return OmegaConf.create(
             {
                 "data": OmegaConf.merge(OmegaConf.structured(DataConfig), saved.data),

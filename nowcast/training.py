@@ -51,7 +51,7 @@ from nowcast.callbacks import (
     TrainingBackup,
     TrainingState,
 )
-from nowcast.config import TrainConfig
+from nowcast.config import TrainConfig, read_saved_config
 from nowcast.data.pipeline import input_batches, select_windows
 from nowcast.data.store import Store, open_store
 from nowcast.data.synthetic import write_synthetic_store
@@ -282,7 +282,8 @@ def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> 
                 f"such as trainer.epochs=20 apply to it. Received: {override!r}"
             )
     schema = OmegaConf.structured(TrainConfig)
-    cfg = OmegaConf.merge(schema, OmegaConf.load(saved), OmegaConf.from_dotlist(list(overrides)))
+    overridden = OmegaConf.from_dotlist(list(overrides))
+    cfg = OmegaConf.merge(schema, read_saved_config(saved), overridden)
     cfg.paths.output_dir = str(run_dir)
     return cfg
 
@@ -325,7 +326,7 @@ def start_state(run_dir: Path, cfg: DictConfig) -> tuple[TrainingState, DictConf
             + ("" if state.stopped_early else ", or raise trainer.epochs to train it further")
         )
     saved = OmegaConf.merge(
-        OmegaConf.structured(TrainConfig), OmegaConf.load(run_dir / "config.yaml")
+        OmegaConf.structured(TrainConfig), read_saved_config(run_dir / "config.yaml")
     )
     before, now = {}, {}
     for key in RUN_DEFINING_KEYS:

@@ -81,7 +81,6 @@ def read_all_training_windows(path: Path) -> None:
         norm=data_cfg.normalisation,
         shuffle=True,
         seed=0,
-        shuffle_buffer=data_cfg.shuffle_buffer,
         augment=True,
     )
     windows = 0

@@ -217,7 +217,7 @@ def test_a_model_that_copies_its_last_frame_scores_exactly_persistence(
     assert (flow > persistence + 0.03).all(), (flow, persistence)
 
 
-def test_a_checkpoint_saved_before_an_option_existed_loads_with_its_default(
+def test_a_run_saved_before_an_option_existed_loads_with_its_default(
     tiny_run, evaluate_config, tmp_path
 ):
     older = tmp_path / "older"
@@ -232,6 +232,9 @@ def test_a_checkpoint_saved_before_an_option_existed_loads_with_its_default(
     with zipfile.ZipFile(best, "w") as archive:
         for name, content in files.items():
             archive.writestr(name, content)
+    run_config = OmegaConf.load(older / "config.yaml")
+    run_config.data.shuffle_buffer = 256  # a run config key removed since
+    OmegaConf.save(run_config, older / "config.yaml")
     result = evaluate(evaluate_config(f"run={older}", "baselines=[]"))
     assert result.metrics["checkpoint"] == str(best)
 

@@ -182,6 +182,14 @@ def test_resume_takes_the_saved_config_and_key_overrides(reference):
         resume_config(reference.run_dir / "checkpoints")
 
 
+def test_resume_takes_a_config_saved_with_keys_removed_since(reference, tmp_path):
+    saved = OmegaConf.load(reference.run_dir / "config.yaml")
+    saved.data.shuffle_buffer = 256  # in every config.yaml written before it was removed
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    cfg = resume_config(tmp_path)
+    assert "shuffle_buffer" not in cfg.data and cfg.data.n_out == 3
+
+
 class PoisonWeights(keras.callbacks.Callback):
     """Sets the output kernel to NaN before the given step of the given epoch."""
 
