@@ -194,7 +194,8 @@ def is_chief(strategy) -> bool:
 def distribute_windows(
     strategy,
     windows: np.ndarray,
-    make_dataset: Callable[[np.ndarray, int], object],
+    make_dataset: Callable[[np.ndarray, int, np.ndarray], object],
+    first_position: int = 0,
 ):
     """The training input: each step's global batch of windows, split across the replicas.
 
@@ -202,8 +203,10 @@ def distribute_windows(
         strategy: a tf.distribute strategy, a `keras.distribution.DataParallel` (which splits
             each global batch itself), or None for one device.
         windows: (steps, global_batch) window start indices, in the order they are trained on.
-        make_dataset: (starts, batch_size) -> batches of those windows (tf.data under a
-            tf.distribute strategy).
+        make_dataset: (starts, batch_size, positions) -> batches of those windows (tf.data
+            under a tf.distribute strategy); `positions` are the windows' places in the run's
+            stream (they draw augmentation), the same whatever the replicas.
+        first_position: the place of `windows[0, 0]` in the run's stream (a resumed run's).
 
     Returns:
         What `make_dataset` returns (no tf.distribute strategy) or a distributed dataset.
@@ -212,15 +215,20 @@ def distribute_windows(
         global batch.
     """
     steps, global_batch = windows.shape
+    positions = first_position + np.arange(windows.size).reshape(windows.shape)
     if strategy is None or isinstance(strategy, keras.distribution.DataParallel):
-        return make_dataset(windows.ravel(), global_batch)
+        return make_dataset(windows.ravel(), global_batch, positions.ravel())
 
     def dataset_fn(context):
         pipelines, pipeline = context.num_input_pipelines, context.input_pipeline_id
         width = global_batch // pipelines
         # (steps, width): this pipeline's share of every step, read step by step.
-        shard = windows[:, pipeline * width : (pipeline + 1) * width]
-        return make_dataset(shard.ravel(), context.get_per_replica_batch_size(global_batch))
+        columns = slice(pipeline * width, (pipeline + 1) * width)
+        return make_dataset(
+            windows[:, columns].ravel(),
+            context.get_per_replica_batch_size(global_batch),
+            positions[:, columns].ravel(),
+        )
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 

@@ -20,8 +20,9 @@ schedule, early stopping and best checkpoint. The training windows are read in a
 the seed alone (`window_order`), so the continued run reads exactly the windows that the
 uninterrupted run would have, and ends with the same weights: bit for bit on CPU with the default
 settings (tests/test_training.py). Where kernels reduce in a varying order (GPUs), set
-TF_DETERMINISTIC_OPS=1 to keep that guarantee. With `data.augment` the windows are the same but
-their random flips restart their sequence, so the result differs as another seed would.
+TF_DETERMINISTIC_OPS=1 to keep that guarantee. With `data.augment` each window's flip is drawn
+from the seed and its place in that order, so a resumed run, or one on more replicas, flips
+every window as the uninterrupted one-device run does.
 """
 
 from __future__ import annotations
@@ -437,7 +438,7 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
     _truncate_metrics(run_dir / "metrics.csv", state.epoch)
     log.info("Windows per split: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
-    def windows(starts, batch_size, *, weights=None, training=False):
+    def windows(starts, batch_size, *, weights=None, training=False, positions=None):
         # In the given order: training windows come in `window_order`.
         return input_batches(
             store_path,
@@ -450,6 +451,7 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
             drop_remainder=training,
             weights=weights,
             augment=data_cfg.augment and training,
+            positions=positions,
         )
 
     batch = data_cfg.batch_size
@@ -460,12 +462,18 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
     order = order.reshape(total_steps, batch)
 
     def training_data(first_step: int):
-        def read(indices: np.ndarray, batch_size: int):
+        def read(indices: np.ndarray, batch_size: int, positions: np.ndarray):
             weights = selection.train_weights
             weights = None if weights is None else weights[indices]
-            return windows(splits["train"][indices], batch_size, weights=weights, training=True)
+            return windows(
+                splits["train"][indices],
+                batch_size,
+                weights=weights,
+                training=True,
+                positions=positions,
+            )
 
-        return distribute_windows(strategy, order[first_step:], read)
+        return distribute_windows(strategy, order[first_step:], read, first_step * batch)
 
     # With validation_steps, the same windows every epoch, so losses compare across epochs,
     # spread evenly over the split: the first ones would be a few hours of one day's weather.

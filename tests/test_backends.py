@@ -67,8 +67,9 @@ def test_both_input_paths_yield_the_same_batches(tiny_store, augment):
     starts = np.array([40, 3, 17, 99, 8, 61, 25])
     weights = np.linspace(0.25, 1.0, starts.size).astype(np.float32)
     kwargs = dict(
-        n_in=3, n_out=2, batch_size=3, norm=NORM, seed=5, weights=weights, augment=augment
-    )
+        n_in=3, n_out=2, batch_size=3, norm=NORM, seed=5, weights=weights, augment=augment,
+        positions=np.arange(30, 37),
+    )  # fmt: skip
     tf_batches = list(
         make_dataset(tiny_store, starts, shuffle=False, **kwargs).as_numpy_iterator()
     )

@@ -163,6 +163,7 @@ def make_dataset(
     drop_remainder: bool = False,
     weights: np.ndarray | None = None,
     augment: bool = False,
+    positions: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """Batches of (inputs, targets) windows read lazily from a store.
 
@@ -187,7 +188,12 @@ def make_dataset(
             each window's loss.
         augment: apply one random flip/rotation per window (the same to all its frames): any
             of the 8 symmetries of the square for square frames, identity, 180-degree turn
-            and the two mirrors otherwise. For training only; drawn from `seed`.
+            and the two mirrors otherwise. For training only; drawn from `seed` and the
+            window's position.
+        positions: optional (N,) position of each window in the run's whole stream of
+            windows, which draws its flip (default: the place in this stream, after shuffling
+            and repeating): a resumed or sharded stream passes where its windows stand in the
+            whole run, so they get the flips of the uninterrupted one-device run.
 
     Returns:
         A dataset of `(inputs, targets)` or `(inputs, targets, weights)`:
@@ -215,14 +221,18 @@ def make_dataset(
         return (inputs, targets) if weights is None else (inputs, targets, weight)
 
     dataset = tf.data.Dataset.from_tensor_slices((starts, reader.weights))
+    if positions is not None:
+        positions = _checked_positions(positions, starts.size)
+        dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensor_slices(positions)))
     if shuffle:
         dataset = dataset.shuffle(
             min(shuffle_buffer, starts.size), seed=seed, reshuffle_each_iteration=True
         )
     if repeat:
         dataset = dataset.repeat()
-    # The position of each window in the stream, after shuffling, draws its flip.
-    dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.counter()))
+    if positions is None:
+        # The position of each window in the stream, after shuffling, draws its flip.
+        dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.counter()))
     dataset = dataset.map(
         lambda window, position: load(*window, position),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -230,6 +240,17 @@ def make_dataset(
     )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _checked_positions(positions, count: int) -> np.ndarray:
+    """(count,) int64 stream positions, or a ValueError."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if positions.shape != (count,):
+        raise ValueError(
+            f"positions must have one value per window ({count},), Received: "
+            f"shape={positions.shape}"
+        )
+    return positions
 
 
 class WindowReader:
@@ -303,8 +324,8 @@ class WindowDataset(keras.utils.PyDataset):
     which would re-read the first windows instead of continuing the run's window order.
 
     Args:
-        store_path, starts, n_in, n_out, batch_size, norm, seed, weights, augment: as for
-            `make_dataset`.
+        store_path, starts, n_in, n_out, batch_size, norm, seed, weights, augment, positions:
+            as for `make_dataset`.
         drop_remainder: drop a last, smaller batch.
         workers: reader threads.
         queue_size: most batches read ahead.
@@ -323,6 +344,7 @@ class WindowDataset(keras.utils.PyDataset):
         weights: np.ndarray | None = None,
         augment: bool = False,
         drop_remainder: bool = False,
+        positions: np.ndarray | None = None,
         workers: int = 2,
         queue_size: int = 4,
     ):
@@ -337,6 +359,9 @@ class WindowDataset(keras.utils.PyDataset):
         )  # fmt: skip
         self.batch_size, self.with_weights = batch_size, weights is not None
         count = self.reader.starts.size
+        self.positions = (
+            np.arange(count) if positions is None else _checked_positions(positions, count)
+        )
         self._length = count // batch_size if drop_remainder else -(-count // batch_size)
         self._queue_size = queue_size
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="nowcast-windows")
@@ -346,13 +371,13 @@ class WindowDataset(keras.utils.PyDataset):
         return self._length
 
     def _read_batch(self, index: int) -> tuple[np.ndarray, ...]:
-        positions = range(
+        indices = range(
             index * self.batch_size, min((index + 1) * self.batch_size, len(self.reader.starts))
         )
-        windows = [self.reader.read(self.reader.starts[k], k) for k in positions]
+        windows = [self.reader.read(self.reader.starts[k], self.positions[k]) for k in indices]
         batch = (np.stack([w[0] for w in windows]), np.stack([w[1] for w in windows]))
         return (
-            (*batch, self.reader.weights[positions.start : positions.stop])
+            (*batch, self.reader.weights[indices.start : indices.stop])
             if self.with_weights
             else batch
         )
@@ -382,6 +407,7 @@ def input_batches(
     weights: np.ndarray | None = None,
     augment: bool = False,
     drop_remainder: bool = False,
+    positions: np.ndarray | None = None,
 ) -> tf.data.Dataset | WindowDataset:
     """Batches of the windows at `starts`, in that order, for the running Keras backend.
 
@@ -390,7 +416,7 @@ def input_batches(
     """
     kwargs = dict(
         n_in=n_in, n_out=n_out, batch_size=batch_size, norm=norm, seed=seed, weights=weights,
-        augment=augment, drop_remainder=drop_remainder,
+        augment=augment, drop_remainder=drop_remainder, positions=positions,
     )  # fmt: skip
     if keras.backend.backend() == "tensorflow":
         return make_dataset(store_path, starts, shuffle=False, **kwargs)

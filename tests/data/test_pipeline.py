@@ -172,10 +172,10 @@ def test_weights_come_with_each_window(store_path):
     assert _first_frames([b[:2] for b in batches]) == [0, 4, 9]
 
 
-def _augmented(path, seed, starts, n_in=2, n_out=2):
+def _augmented(path, seed, starts, n_in=2, n_out=2, positions=None):
     dataset = make_dataset(
         path, starts, n_in=n_in, n_out=n_out, batch_size=1, norm=NORM, shuffle=False,
-        seed=seed, augment=True,
+        seed=seed, augment=True, positions=positions,
     )  # fmt: skip
     return [np.concatenate([x[0, ..., 0], y[0, ..., 0]]) for x, y in dataset.as_numpy_iterator()]
 
@@ -195,6 +195,18 @@ def test_augmentation_applies_one_symmetry_to_each_whole_window(square_store):
     assert all(np.array_equal(a, b) for a, b in zip(windows, again, strict=True))
     other = _augmented(square_store, 4, starts)
     assert not all(np.array_equal(a, b) for a, b in zip(windows, other, strict=True))
+
+
+def test_augmentation_follows_the_window_positions_given(square_store):
+    """A stream's tail, read alone with its positions, is flipped as in the whole stream."""
+    starts = np.arange(20)
+    whole = _augmented(square_store, 3, starts)
+    tail = _augmented(square_store, 3, starts[12:], positions=np.arange(12, 20))
+    assert all(np.array_equal(a, b) for a, b in zip(whole[12:], tail, strict=True))
+    restarted = _augmented(square_store, 3, starts[12:])
+    assert not all(np.array_equal(a, b) for a, b in zip(whole[12:], restarted, strict=True))
+    with pytest.raises(ValueError, match=r"positions must have one value per window \(8,\)"):
+        _augmented(square_store, 3, starts[12:], positions=np.arange(3))
 
 
 def test_augmentation_keeps_the_shape_of_non_square_frames(store_path):
