@@ -26,14 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from nowcast.config import DataConfig, SyntheticConfig
-from nowcast.data.store import StoreWriter
-from nowcast.data.synthetic import (
-    START_TIME,
-    ZR_A,
-    ZR_B,
-    iter_synthetic_frames,
-    synthetic_grid,
-)
+from nowcast.data.synthetic import START_TIME, iter_synthetic_frames, synthetic_store_writer
 
 UNIQUE_DAYS = 2
 WINDOW_IN, WINDOW_OUT, BATCH = 5, 12, 8
@@ -43,16 +36,7 @@ def write_scale_store(path: Path, cfg: SyntheticConfig, frames: int, block: np.n
     """`frames` frames cycling through `block` (n, H, W) dBZ, 5 minutes apart."""
     step = round(cfg.minutes_per_frame * 60)
     start = int(START_TIME.astype(np.int64))
-    with StoreWriter(
-        path,
-        height=cfg.height,
-        width=cfg.width,
-        grid=synthetic_grid(cfg),
-        minutes_per_frame=cfg.minutes_per_frame,
-        zr_a=ZR_A,
-        zr_b=ZR_B,
-        overwrite=True,
-    ) as writer:
+    with synthetic_store_writer(path, cfg, overwrite=True) as writer:
         for first in range(0, frames, len(block)):
             n = min(len(block), frames - first)
             writer.append(block[:n], start + step * np.arange(first, first + n, dtype=np.int64))

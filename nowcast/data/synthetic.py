@@ -569,7 +569,17 @@ def write_synthetic_store(
     Raises:
         FileExistsError: `path` exists and `overwrite` is false.
     """
-    with StoreWriter(
+    with synthetic_store_writer(path, cfg, overwrite=overwrite) as writer:
+        for frames, times in iter_synthetic_frames(cfg):
+            writer.append(frames, times)
+    return writer.path
+
+
+def synthetic_store_writer(
+    path: str | os.PathLike, cfg: SyntheticConfig, *, overwrite: bool = False
+) -> StoreWriter:
+    """An open StoreWriter with the synthetic set's grid, frame interval and Z-R relation."""
+    return StoreWriter(
         path,
         height=cfg.height,
         width=cfg.width,
@@ -578,7 +588,4 @@ def write_synthetic_store(
         zr_a=ZR_A,
         zr_b=ZR_B,
         overwrite=overwrite,
-    ) as writer:
-        for frames, times in iter_synthetic_frames(cfg):
-            writer.append(frames, times)
-    return writer.path
+    )
