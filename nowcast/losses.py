@@ -7,6 +7,7 @@ that the rare heavy rain is not drowned by the mostly dry or light-rain pixels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import keras
@@ -41,6 +42,8 @@ class PixelLoss(keras.losses.Loss):
         terms: loss name -> coefficient, names from `LOSS_NAMES`.
         thresholds: rain-rate thresholds on the normalised scale for the balanced losses.
         weights: the balanced losses' weight per rain-rate interval (len(thresholds) + 1).
+        lead_weights: optional weight of each lead time's pixels, first lead first, scaled to
+            a mean of 1 (so the loss keeps its size); empty for equal weights.
 
     Call arguments:
         y_true: observations (batch, time, height, width, channels), NaN where no data.
@@ -54,6 +57,7 @@ class PixelLoss(keras.losses.Loss):
         terms: Mapping[str, float],
         thresholds: Sequence[float] = (),
         weights: Sequence[float] = (1.0,),
+        lead_weights: Sequence[float] = (),
         name: str = "pixel_loss",
         **kwargs,
     ):
@@ -69,9 +73,18 @@ class PixelLoss(keras.losses.Loss):
                 "expected one more balanced-loss weight than thresholds. Received: "
                 f"thresholds={list(thresholds)}, weights={list(weights)}"
             )
+        if any(not math.isfinite(w) or w < 0 for w in lead_weights) or (
+            lead_weights and not sum(lead_weights)
+        ):
+            raise ValueError(
+                "lead weights must be finite, non-negative and not all zero. Received: "
+                f"lead_weights={list(lead_weights)}"
+            )
         self.terms = {name: float(coef) for name, coef in terms.items()}
         self.thresholds = [float(t) for t in thresholds]
         self.weights = [float(w) for w in weights]
+        mean = sum(lead_weights) / len(lead_weights) if lead_weights else 1.0
+        self.lead_weights = [float(w) / mean for w in lead_weights]
 
     def call(self, y_true, y_pred):
         valid = ops.isfinite(y_true)
@@ -85,6 +98,14 @@ class PixelLoss(keras.losses.Loss):
             pixel_loss = PIXEL_ERRORS[name.removeprefix("balanced_")](error)
             weight = balance if name.startswith("balanced_") else mask
             total = total + coef * pixel_loss * weight
+        if self.lead_weights:
+            if y_true.shape[1] != len(self.lead_weights):
+                raise ValueError(
+                    f"{len(self.lead_weights)} lead weights for forecasts of {y_true.shape[1]} "
+                    "lead times"
+                )
+            per_lead = (1, -1) + (1,) * (len(y_true.shape) - 2)
+            total = total * ops.reshape(ops.array(self.lead_weights, total.dtype), per_lead)
         axes = tuple(range(1, len(y_true.shape)))
         return ops.sum(total, axis=axes) / ops.maximum(ops.sum(mask, axis=axes), 1.0)
 
@@ -94,10 +115,21 @@ class PixelLoss(keras.losses.Loss):
             "terms": self.terms,
             "thresholds": self.thresholds,
             "weights": self.weights,
+            "lead_weights": self.lead_weights,
         }
 
 
-def make_loss(loss_cfg: LossConfig, norm: NormalisationConfig) -> PixelLoss:
-    """The configured loss, with its rain-rate thresholds (mm/h) put on the model's scale."""
+def make_loss(loss_cfg: LossConfig, norm: NormalisationConfig, *, n_out: int) -> PixelLoss:
+    """The configured loss, with its rain-rate thresholds (mm/h) put on the model's scale.
+
+    Raises:
+        ValueError: `loss_cfg.lead_weights` is neither empty nor one weight per lead time.
+    """
+    lead_weights = list(loss_cfg.lead_weights)
+    if lead_weights and len(lead_weights) != n_out:
+        raise ValueError(
+            f"loss.lead_weights has {len(lead_weights)} values for {n_out} lead times "
+            "(data.n_out): give one weight per lead time, or [] for equal weights"
+        )
     thresholds = [rain_threshold_to_normalised(t, norm) for t in loss_cfg.thresholds_mmh]
-    return PixelLoss(dict(loss_cfg.terms), thresholds, list(loss_cfg.weights))
+    return PixelLoss(dict(loss_cfg.terms), thresholds, list(loss_cfg.weights), lead_weights)

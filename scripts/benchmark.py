@@ -287,7 +287,9 @@ def build(fields: dict, recurrent: str, n_out: int, frame: tuple[int, int], jit:
             global_clipnorm=opt["global_clipnorm"],
         ),
         loss=make_loss(
-            LossConfig(**config_option("loss", "mse", LossConfig)), NormalisationConfig()
+            LossConfig(**config_option("loss", "mse", LossConfig)),
+            NormalisationConfig(),
+            n_out=n_out,
         ),
         jit_compile={"auto": "auto", "on": True, "off": False}[jit],
     )
