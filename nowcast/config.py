@@ -131,9 +131,8 @@ class LossConfig:
     terms: dict[str, float] = field(default_factory=dict)
     thresholds_mmh: list[float] = field(default_factory=lambda: [2.0, 5.0, 10.0, 30.0])
     weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0])
-    # Weight of each lead time's pixels, first lead first (data.n_out values, scaled to a mean
-    # of 1); empty: all lead times weigh the same.
-    lead_weights: list[float] = field(default_factory=list)
+    # Lead time k (0 first) weighs lead_decay**k, scaled to a mean of 1; 1 weighs all alike.
+    lead_decay: float = 1.0
 
 
 @dataclass

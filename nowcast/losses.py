@@ -42,8 +42,8 @@ class PixelLoss(keras.losses.Loss):
         terms: loss name -> coefficient, names from `LOSS_NAMES`.
         thresholds: rain-rate thresholds on the normalised scale for the balanced losses.
         weights: the balanced losses' weight per rain-rate interval (len(thresholds) + 1).
-        lead_weights: optional weight of each lead time's pixels, first lead first, scaled to
-            a mean of 1 (so the loss keeps its size); empty for equal weights.
+        lead_decay: lead time k (0 first) weighs lead_decay**k, scaled to a mean of 1 over
+            the forecast's lead times (so the loss keeps its size); 1 weighs them all alike.
 
     Call arguments:
         y_true: observations (batch, time, height, width, channels), NaN where no data.
@@ -57,7 +57,7 @@ class PixelLoss(keras.losses.Loss):
         terms: Mapping[str, float],
         thresholds: Sequence[float] = (),
         weights: Sequence[float] = (1.0,),
-        lead_weights: Sequence[float] = (),
+        lead_decay: float = 1.0,
         name: str = "pixel_loss",
         **kwargs,
     ):
@@ -73,18 +73,14 @@ class PixelLoss(keras.losses.Loss):
                 "expected one more balanced-loss weight than thresholds. Received: "
                 f"thresholds={list(thresholds)}, weights={list(weights)}"
             )
-        if any(not math.isfinite(w) or w < 0 for w in lead_weights) or (
-            lead_weights and not sum(lead_weights)
-        ):
+        if not (math.isfinite(lead_decay) and lead_decay > 0):
             raise ValueError(
-                "lead weights must be finite, non-negative and not all zero. Received: "
-                f"lead_weights={list(lead_weights)}"
+                f"lead_decay must be a positive number (1: equal weights). Received: {lead_decay=}"
             )
         self.terms = {name: float(coef) for name, coef in terms.items()}
         self.thresholds = [float(t) for t in thresholds]
         self.weights = [float(w) for w in weights]
-        mean = sum(lead_weights) / len(lead_weights) if lead_weights else 1.0
-        self.lead_weights = [float(w) / mean for w in lead_weights]
+        self.lead_decay = float(lead_decay)
 
     def call(self, y_true, y_pred):
         valid = ops.isfinite(y_true)
@@ -98,14 +94,11 @@ class PixelLoss(keras.losses.Loss):
             pixel_loss = PIXEL_ERRORS[name.removeprefix("balanced_")](error)
             weight = balance if name.startswith("balanced_") else mask
             total = total + coef * pixel_loss * weight
-        if self.lead_weights:
-            if y_true.shape[1] != len(self.lead_weights):
-                raise ValueError(
-                    f"{len(self.lead_weights)} lead weights for forecasts of {y_true.shape[1]} "
-                    "lead times"
-                )
+        if self.lead_decay != 1.0:
+            weights = [self.lead_decay**k for k in range(y_true.shape[1])]
+            weights = [w * len(weights) / sum(weights) for w in weights]
             per_lead = (1, -1) + (1,) * (len(y_true.shape) - 2)
-            total = total * ops.reshape(ops.array(self.lead_weights, total.dtype), per_lead)
+            total = total * ops.reshape(ops.array(weights, total.dtype), per_lead)
         axes = tuple(range(1, len(y_true.shape)))
         return ops.sum(total, axis=axes) / ops.maximum(ops.sum(mask, axis=axes), 1.0)
 
@@ -115,21 +108,11 @@ class PixelLoss(keras.losses.Loss):
             "terms": self.terms,
             "thresholds": self.thresholds,
             "weights": self.weights,
-            "lead_weights": self.lead_weights,
+            "lead_decay": self.lead_decay,
         }
 
 
-def make_loss(loss_cfg: LossConfig, norm: NormalisationConfig, *, n_out: int) -> PixelLoss:
-    """The configured loss, with its rain-rate thresholds (mm/h) put on the model's scale.
-
-    Raises:
-        ValueError: `loss_cfg.lead_weights` is neither empty nor one weight per lead time.
-    """
-    lead_weights = list(loss_cfg.lead_weights)
-    if lead_weights and len(lead_weights) != n_out:
-        raise ValueError(
-            f"loss.lead_weights has {len(lead_weights)} values for {n_out} lead times "
-            "(data.n_out): give one weight per lead time, or [] for equal weights"
-        )
+def make_loss(loss_cfg: LossConfig, norm: NormalisationConfig) -> PixelLoss:
+    """The configured loss, with its rain-rate thresholds (mm/h) put on the model's scale."""
     thresholds = [rain_threshold_to_normalised(t, norm) for t in loss_cfg.thresholds_mmh]
-    return PixelLoss(dict(loss_cfg.terms), thresholds, list(loss_cfg.weights), lead_weights)
+    return PixelLoss(dict(loss_cfg.terms), thresholds, list(loss_cfg.weights), loss_cfg.lead_decay)

@@ -423,7 +423,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
 def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
     """Train from `state`, writing under `run_dir`; returns the model and this session's epochs."""
     data_cfg, trainer_cfg = cfg.data, cfg.trainer
-    loss = make_loss(cfg.loss, data_cfg.normalisation, n_out=data_cfg.n_out)  # checked first
+    loss = make_loss(cfg.loss, data_cfg.normalisation)  # a bad setting fails before any work
     for folder in (run_dir, run_dir / "checkpoints", run_dir / "backup"):
         for leftover in remove_temporary_files(folder):
             log.info("Removed %s, left by an interrupted write", leftover)

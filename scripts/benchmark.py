@@ -287,9 +287,7 @@ def build(fields: dict, recurrent: str, n_out: int, frame: tuple[int, int], jit:
             global_clipnorm=opt["global_clipnorm"],
         ),
         loss=make_loss(
-            LossConfig(**config_option("loss", "mse", LossConfig)),
-            NormalisationConfig(),
-            n_out=n_out,
+            LossConfig(**config_option("loss", "mse", LossConfig)), NormalisationConfig()
         ),
         jit_compile={"auto": "auto", "on": True, "off": False}[jit],
     )

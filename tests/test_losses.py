@@ -36,7 +36,7 @@ def test_balanced_mse_from_config_uses_mm_per_hour_thresholds():
     norm = NormalisationConfig()
     at_5 = rain_threshold_to_normalised(5.0, norm)
     at_30 = rain_threshold_to_normalised(30.0, norm)
-    loss = make_loss(LossConfig(terms={"balanced_mse": 1.0}), norm, n_out=2)
+    loss = make_loss(LossConfig(terms={"balanced_mse": 1.0}), norm)
     # A pixel at 5 mm/h weighs 5 (interval 5-10 mm/h), one just above 30 mm/h weighs 30.
     y_true = np.array([[0.0, at_5, at_30 + 1e-3]], "float32")
     y_pred = y_true + 0.1
@@ -68,26 +68,20 @@ def test_loss_round_trips_through_its_config():
     assert again.terms == loss.terms and again.weights == loss.weights
 
 
-def test_lead_weights_scale_each_lead_time_and_keep_the_loss_size():
+def test_lead_decay_weighs_early_lead_times_more_and_keeps_the_loss_size():
     y_true = np.zeros((1, 3, 2, 2, 1), "float32")
     y_pred = y_true.copy()
     y_pred[:, 0], y_pred[:, 1], y_pred[:, 2] = 0.1, 0.2, 0.3  # error per lead time
     equal = float(PixelLoss({"mae": 1.0})(y_true, y_pred))
     np.testing.assert_allclose(equal, 0.2, rtol=1e-6)
-    weighted = PixelLoss({"mae": 1.0}, lead_weights=[4.0, 1.0, 1.0])  # -> 2, 0.5, 0.5
-    np.testing.assert_allclose(float(weighted(y_true, y_pred)), (0.2 + 0.1 + 0.15) / 3, rtol=1e-6)
+    weighted = PixelLoss({"mae": 1.0}, lead_decay=0.5)  # 1, 0.5, 0.25 -> 12/7, 6/7, 3/7
+    expected = (0.1 * 12 + 0.2 * 6 + 0.3 * 3) / 7 / 3
+    np.testing.assert_allclose(float(weighted(y_true, y_pred)), expected, rtol=1e-6)
     again = PixelLoss.from_config(weighted.get_config())
-    assert again.lead_weights == [2.0, 0.5, 0.5]
+    np.testing.assert_allclose(float(again(y_true, y_pred)), expected, rtol=1e-6)
+    cfg = LossConfig(terms={"mae": 1.0}, lead_decay=0.5)
     np.testing.assert_allclose(
-        PixelLoss({"mae": 1.0}, lead_weights=[1, 1, 1])(y_true, y_pred), equal
+        float(make_loss(cfg, NormalisationConfig())(y_true, y_pred)), expected, rtol=1e-6
     )
-
-
-def test_lead_weights_must_match_the_lead_times():
-    cfg = LossConfig(terms={"mse": 1.0}, lead_weights=[1.0, 2.0])
-    with pytest.raises(ValueError, match=r"loss.lead_weights has 2 values for 12 lead times"):
-        make_loss(cfg, NormalisationConfig(), n_out=12)
-    with pytest.raises(ValueError, match="lead weights must be finite, non-negative"):
-        PixelLoss({"mse": 1.0}, lead_weights=[1.0, -1.0])
-    with pytest.raises(ValueError, match="2 lead weights for forecasts of 3 lead times"):
-        PixelLoss({"mse": 1.0}, lead_weights=[1.0, 2.0])(np.zeros((1, 3, 2)), np.ones((1, 3, 2)))
+    with pytest.raises(ValueError, match="lead_decay must be a positive number"):
+        PixelLoss({"mse": 1.0}, lead_decay=0.0)
