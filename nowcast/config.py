@@ -70,6 +70,11 @@ class DataConfig:
     VIL levels for SEVIR; 7 dBZ is 0.1 mm/h with Marshall-Palmer). Training windows whose mean
     fraction of wet pixels is below `min_wet_fraction` are left out (`dry_weight` 0) or kept
     with sample weight `dry_weight`. `augment` flips and rotates training windows at random.
+    `patch_size`: train on a square patch of that many pixels from each training window, at a
+    place drawn anew each time the window is read, instead of the whole frames: a step costs
+    less, so more steps fit in the same time, and large composites fit in memory. Validation,
+    test and evaluation use whole frames, so the model must be fully convolutional (no
+    peephole, `model.recurrent=fused`) and the patch divisible by its downsample strides.
     """
 
     name: str = MISSING
@@ -83,6 +88,7 @@ class DataConfig:
     wet_threshold: float = 7.0
     dry_weight: float = 0.0
     augment: bool = False
+    patch_size: int | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
     normalisation: NormalisationConfig = field(default_factory=NormalisationConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

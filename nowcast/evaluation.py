@@ -47,7 +47,7 @@ from nowcast.config import (
     NormalisationConfig,
     read_saved_config,
 )
-from nowcast.data.pipeline import WindowDataset, select_windows
+from nowcast.data.pipeline import WindowDataset, WindowReader, select_windows
 from nowcast.data.store import REFLECTIVITY, VIL, open_store
 from nowcast.data.windows import SPLITS
 from nowcast.metrics import (
@@ -551,15 +551,8 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
         for name in forecasters
     }
     # NumPy batches read ahead by threads, under any backend: the forecasters take NumPy.
-    dataset = WindowDataset(
-        windows.store,
-        windows.starts,
-        n_in=n_in,
-        n_out=n_out,
-        batch_size=cfg.batch_size or run_cfg.data.batch_size,
-        norm=norm,
-        seed=0,
-    )
+    reader = WindowReader(windows.store, windows.starts, n_in=n_in, n_out=n_out, norm=norm, seed=0)
+    dataset = WindowDataset(reader, batch_size=cfg.batch_size or run_cfg.data.batch_size)
     log.info("Scoring %d %s windows of %s", windows.starts.size, cfg.split, windows.store)
     progress = keras.utils.Progbar(
         windows.starts.size, verbose=1 if cfg.progress else 0, unit_name="window"

@@ -31,6 +31,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -53,7 +54,7 @@ from nowcast.callbacks import (
     TrainingState,
 )
 from nowcast.config import TrainConfig, read_saved_config
-from nowcast.data.pipeline import input_batches, select_windows
+from nowcast.data.pipeline import WindowReader, input_batches, select_windows
 from nowcast.data.store import Store, open_store
 from nowcast.data.synthetic import write_synthetic_store
 from nowcast.distribute import (
@@ -156,6 +157,31 @@ def evenly_spaced(starts: np.ndarray, count: int) -> np.ndarray:
     if count >= len(starts):
         return starts
     return starts[np.linspace(0, len(starts) - 1, count).round().astype(int)]
+
+
+def check_patch_size(
+    patch_size: int | None, model_cfg: DictConfig, frame_shape: tuple[int, int]
+) -> None:
+    """A ValueError naming `data.patch_size` if the model cannot train on such patches.
+
+    It trains on patches and validates on whole frames, so it must take any frame size that
+    its downsample strides divide: no peephole weights (one per pixel of the built size), no
+    keras.layers.ConvLSTM2D.
+    """
+    if patch_size is None:
+        return
+    if model_cfg.peephole or model_cfg.recurrent != "fused":
+        raise ValueError(
+            f"data.patch_size={patch_size} needs a model that takes any frame size, but "
+            f"model.peephole={model_cfg.peephole} and model.recurrent={model_cfg.recurrent} "
+            "take only the size they were built for; unset data.patch_size"
+        )
+    strides = math.prod(stage.downsample_stride for stage in model_cfg.stages)
+    if patch_size % strides or not strides <= patch_size <= min(frame_shape):
+        raise ValueError(
+            f"data.patch_size={patch_size} must be a multiple of the model's downsample "
+            f"strides ({strides}) no larger than the {frame_shape[0]} x {frame_shape[1]} frames"
+        )
 
 
 def make_optimizer(opt_cfg: DictConfig, total_steps: int) -> keras.optimizers.Optimizer:
@@ -431,28 +457,30 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
     check_global_batch(data_cfg.batch_size, num_replicas(strategy))
     store_path = resolve_store(data_cfg)
     with open_store(store_path) as store:
+        height, width = store.shape[1:]
+        check_patch_size(data_cfg.patch_size, cfg.model, (height, width))
         selection = select_windows(store, data_cfg)
         splits = selection.starts
         write_split(run_dir / "split.json", store, splits)
-        height, width = store.shape[1:]
     write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     _truncate_metrics(run_dir / "metrics.csv", state.epoch)
     log.info("Windows per split: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
     def windows(starts, batch_size, *, weights=None, training=False, positions=None):
         # In the given order: training windows come in `window_order`.
-        return input_batches(
+        reader = WindowReader(
             store_path,
             starts,
             n_in=data_cfg.n_in,
             n_out=data_cfg.n_out,
-            batch_size=batch_size,
             norm=data_cfg.normalisation,
             seed=trainer_cfg.seed,
-            drop_remainder=training,
             weights=weights,
             augment=data_cfg.augment and training,
-            positions=positions,
+            patch_size=data_cfg.patch_size if training else None,
+        )
+        return input_batches(
+            reader, batch_size=batch_size, drop_remainder=training, positions=positions
         )
 
     batch = data_cfg.batch_size

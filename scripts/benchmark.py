@@ -352,7 +352,7 @@ def pipeline_windows_per_second(
     As in training: shuffled windows, parallel reads, prefetch. The store holds enough windows
     that none is read twice. TensorFlow only (tf.data).
     """
-    from nowcast.data.pipeline import make_dataset
+    from nowcast.data.pipeline import WindowReader, make_dataset
     from nowcast.data.synthetic import write_synthetic_store
 
     window = preset.n_in + preset.n_out
@@ -363,17 +363,15 @@ def pipeline_windows_per_second(
         write_synthetic_store(
             store, SyntheticConfig(frames=frames, height=frame[0], width=frame[1])
         )
-    dataset = make_dataset(
+    reader = WindowReader(
         store,
         np.arange(frames - window + 1),
         n_in=preset.n_in,
         n_out=preset.n_out,
-        batch_size=batch,
         norm=NormalisationConfig(),
-        shuffle=True,
         seed=0,
-        drop_remainder=True,
     )
+    dataset = make_dataset(reader, batch_size=batch, shuffle=True, drop_remainder=True)
     batches_iter = iter(dataset)
     for _ in range(warmup):
         next(batches_iter)

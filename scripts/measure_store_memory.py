@@ -46,7 +46,7 @@ def read_all_training_windows(path: Path) -> None:
     """The read side of `nowcast-train` on this store: every training window, once."""
     from omegaconf import OmegaConf
 
-    from nowcast.data.pipeline import make_dataset, select_windows
+    from nowcast.data.pipeline import WindowReader, make_dataset, select_windows
     from nowcast.data.store import Store
 
     data_cfg = OmegaConf.structured(DataConfig(name="scale", path=str(path)))
@@ -56,17 +56,11 @@ def read_all_training_windows(path: Path) -> None:
     with Store(path) as store:
         selection = select_windows(store, data_cfg)
     train = selection.starts["train"]
-    dataset = make_dataset(
-        path,
-        train,
-        n_in=WINDOW_IN,
-        n_out=WINDOW_OUT,
-        batch_size=BATCH,
-        norm=data_cfg.normalisation,
-        shuffle=True,
-        seed=0,
+    reader = WindowReader(
+        path, train, n_in=WINDOW_IN, n_out=WINDOW_OUT, norm=data_cfg.normalisation, seed=0,
         augment=True,
-    )
+    )  # fmt: skip
+    dataset = make_dataset(reader, batch_size=BATCH, shuffle=True)
     windows = 0
     for inputs, _ in dataset:
         windows += int(inputs.shape[0])

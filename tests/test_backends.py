@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from nowcast.config import NormalisationConfig
-from nowcast.data.pipeline import WindowDataset, make_dataset
+from nowcast.data.pipeline import WindowDataset, WindowReader, make_dataset
 from nowcast.model import build_model
 
 NORM = NormalisationConfig(dbz_min=0.0, dbz_max=70.0)
@@ -66,14 +66,12 @@ def run_under_jax(script: str, tmp_path: Path, devices: int = 1) -> subprocess.C
 def test_both_input_paths_yield_the_same_batches(tiny_store, augment):
     starts = np.array([40, 3, 17, 99, 8, 61, 25])
     weights = np.linspace(0.25, 1.0, starts.size).astype(np.float32)
-    kwargs = dict(
-        n_in=3, n_out=2, batch_size=3, norm=NORM, seed=5, weights=weights, augment=augment,
-        positions=np.arange(30, 37),
-    )  # fmt: skip
-    tf_batches = list(
-        make_dataset(tiny_store, starts, shuffle=False, **kwargs).as_numpy_iterator()
+    reader = WindowReader(
+        tiny_store, starts, n_in=3, n_out=2, norm=NORM, seed=5, weights=weights, augment=augment
     )
-    py_batches = list(WindowDataset(tiny_store, starts, workers=2, queue_size=2, **kwargs))
+    kwargs = dict(batch_size=3, positions=np.arange(30, 37))
+    tf_batches = list(make_dataset(reader, shuffle=False, **kwargs).as_numpy_iterator())
+    py_batches = list(WindowDataset(reader, workers=2, queue_size=2, **kwargs))
     assert [len(b) for b in py_batches] == [3, 3, 3]  # inputs, targets, weights
     assert len(tf_batches) == len(py_batches) == 3
     for tf_batch, py_batch in zip(tf_batches, py_batches, strict=True):
@@ -84,7 +82,8 @@ def test_both_input_paths_yield_the_same_batches(tiny_store, augment):
 def test_window_dataset_continues_its_order_across_epochs_of_fit(tiny_store):
     """fit(steps_per_epoch=...) must read batch after batch, not restart at each epoch."""
     starts = np.arange(0, 120, 10)
-    dataset = WindowDataset(tiny_store, starts, n_in=1, n_out=1, batch_size=2, norm=NORM, seed=0)
+    reader = WindowReader(tiny_store, starts, n_in=1, n_out=1, norm=NORM, seed=0)
+    dataset = WindowDataset(reader, batch_size=2)
     read = []
     original = dataset._read_batch
     dataset._read_batch = lambda index: read.append(index) or original(index)

@@ -38,6 +38,8 @@ REFERENCE = (
     "trainer.verbose=0",
     # Flips drawn by each window's place in the run: a resumed or distributed run must match.
     "data.augment=true",
+    # Patches placed the same way: trained on 16x16 patches, validated on the 32x32 frames.
+    "data.patch_size=16",
     # MSE: with the balanced loss, validation losses under MirroredStrategy differ from one
     # device by about 1e-3 relative (training losses by 2e-5); not yet explained.
     "loss=mse",
@@ -297,6 +299,21 @@ def test_missing_store_names_the_path_and_the_fix(fast_config, tmp_path):
     missing = tmp_path / "nowhere.h5"
     with pytest.raises(FileNotFoundError, match=f"data store not found: {missing}.*data.path"):
         train(fast_config("data=radar_hdf5", f"data.path={missing}"))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.peephole=true"], r"data.patch_size=16 needs a model that takes any frame size"),
+        (["data.patch_size=15"], r"data.patch_size=15 must be a multiple of .* strides \(2\)"),
+        (["data.patch_size=64"], r"data.patch_size=64 .* no larger than the 32 x 32 frames"),
+    ],
+)
+def test_patches_the_model_cannot_train_on_fail_before_any_output(run_config, overrides, message):
+    cfg = run_config(*overrides)
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
+    assert not list(Path(cfg.paths.output_dir).iterdir())
 
 
 def test_window_order_passes_over_every_window_and_extends_consistently():

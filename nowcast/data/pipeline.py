@@ -148,67 +148,144 @@ def _check_starts(starts: np.ndarray, window_length: int, n_frames: int) -> None
         )
 
 
-def make_dataset(
-    store_path: str | os.PathLike,
-    starts: np.ndarray,
-    *,
-    n_in: int,
-    n_out: int,
-    batch_size: int,
-    norm: NormalisationConfig,
-    shuffle: bool,
-    seed: int,
-    shuffle_buffer: int = 256,
-    repeat: bool = False,
-    drop_remainder: bool = False,
-    weights: np.ndarray | None = None,
-    augment: bool = False,
-    positions: np.ndarray | None = None,
-) -> tf.data.Dataset:
-    """Batches of (inputs, targets) windows read lazily from a store.
+def _positive_int(value, name: str) -> None:
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, Received: {name}={value}")
 
-    Window k covers frames `starts[k] : starts[k] + n_in + n_out`. The start indices (not the
-    frames) are shuffled in a bounded buffer, reshuffled each epoch; for a given seed the order
-    of every epoch is the same from run to run. Reads run in parallel, in a fixed order, and
-    prefetch; memory holds a few batches, whatever the size of the store.
+
+class WindowReader:
+    """Reads window k of a stream as the model takes it: what both input paths share.
+
+    Checks the arguments once, then `read(start, position)` returns one window: normalised,
+    flipped by the draw of its stream position (so a window gets a new flip each pass, and the
+    same seed gives the same flips on either path), no-data inputs set to 0.
 
     Args:
         store_path: the store (nowcast.data.store layout).
-        starts: (N,) window start indices (from nowcast.data.windows).
+        starts: (N,) window start indices (from nowcast.data.windows); window k covers frames
+            `starts[k] : starts[k] + n_in + n_out`.
         n_in, n_out: input and target frames per window.
-        batch_size: windows per batch.
         norm: the dBZ <-> [0, 1] normalisation.
-        shuffle: shuffle the window order (training) or keep it (evaluation).
-        seed: shuffle seed.
-        shuffle_buffer: size of the shuffle buffer (window indices).
-        repeat: repeat the epochs forever.
-        drop_remainder: drop a last, smaller batch.
+        seed: draws the shuffle (make_dataset) and the flips.
         weights: optional (N,) sample weight per window (WindowSelection.train_weights); the
-            dataset then yields `(inputs, targets, weights)`, which Keras `fit` applies to
+            batches then come as `(inputs, targets, weights)`, which Keras `fit` applies to
             each window's loss.
         augment: apply one random flip/rotation per window (the same to all its frames): any
             of the 8 symmetries of the square for square frames, identity, 180-degree turn
             and the two mirrors otherwise. For training only; drawn from `seed` and the
-            window's position.
+            window's position in the stream.
+        patch_size: read a square patch of this many pixels from each window, at a place drawn
+            from `seed` and the window's position (so a new place each pass), instead of the
+            whole frames; None: whole frames.
+
+    Attributes:
+        starts: (N,) int64 window starts.
+        weights: (N,) float32 sample weights (ones when none were given).
+        with_weights: whether the batches carry the weights.
+        frame_shape: (H, W) of the frames it reads (the patch's, with `patch_size`).
+    """
+
+    def __init__(
+        self,
+        store_path: str | os.PathLike,
+        starts: np.ndarray,
+        *,
+        n_in: int,
+        n_out: int,
+        norm: NormalisationConfig,
+        seed: int,
+        weights: np.ndarray | None = None,
+        augment: bool = False,
+        patch_size: int | None = None,
+    ):
+        _positive_int(n_in, "n_in")
+        _positive_int(n_out, "n_out")
+        self.store = Store(store_path)
+        self.n_in, self.n_out, self.length = n_in, n_out, n_in + n_out
+        self.starts = np.asarray(starts, dtype=np.int64)
+        _check_starts(self.starts, self.length, len(self.store))
+        self.frame_shape = tuple(self.store.shape[1:])
+        self.with_weights = weights is not None
+        self.weights = np.ones(self.starts.shape, np.float32)
+        if weights is not None:
+            self.weights = np.asarray(weights, dtype=np.float32)
+            if self.weights.shape != self.starts.shape:
+                raise ValueError(
+                    f"weights must have one value per window {self.starts.shape}, "
+                    f"Received: shape={self.weights.shape}"
+                )
+        self.norm, self.seed, self.augment = norm, seed, augment
+        self.store_shape, self.patch_size = self.frame_shape, patch_size
+        if patch_size is not None:
+            _positive_int(patch_size, "patch_size")
+            if patch_size > min(self.store_shape):
+                raise ValueError(
+                    f"patch_size={patch_size} is larger than the {self.store_shape[0]} x "
+                    f"{self.store_shape[1]} frames of {self.store.path}"
+                )
+            self.frame_shape = (patch_size, patch_size)
+        height, width = self.frame_shape
+        self.transforms = _ALL_TRANSFORMS if height == width else _SHAPE_KEEPING_TRANSFORMS
+
+    def read(self, start: int, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs (n_in, H, W, 1), targets (n_out, H, W, 1)) of the window at `start`."""
+        start = int(start)
+        frames = self.store.read(start, start + self.length)  # (T, H, W)
+        draws = np.random.default_rng((self.seed, int(position)))
+        transform = self.transforms[draws.integers(self.transforms.size)] if self.augment else 0
+        if self.patch_size is not None:
+            top, left = (draws.integers(side - self.patch_size + 1) for side in self.store_shape)
+            frames = frames[:, top : top + self.patch_size, left : left + self.patch_size]
+        frames = normalise(frames, self.norm)
+        if transform:
+            frames = np.rot90(frames, k=transform % 4, axes=(1, 2))
+            if transform >= 4:
+                frames = frames[:, :, ::-1]
+            frames = np.ascontiguousarray(frames)
+        inputs = np.nan_to_num(frames[: self.n_in], nan=0.0)
+        return inputs[..., None], frames[self.n_in :, ..., None]
+
+
+def make_dataset(
+    reader: WindowReader,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    shuffle_buffer: int = 256,
+    repeat: bool = False,
+    drop_remainder: bool = False,
+    positions: np.ndarray | None = None,
+) -> tf.data.Dataset:
+    """Batches of (inputs, targets) windows read lazily by `reader`.
+
+    The start indices (not the frames) are shuffled in a bounded buffer, reshuffled each
+    epoch; for a given seed the order of every epoch is the same from run to run. Reads run in
+    parallel, in a fixed order, and prefetch; memory holds a few batches, whatever the size of
+    the store.
+
+    Args:
+        reader: the windows, and how each is read.
+        batch_size: windows per batch.
+        shuffle: shuffle the window order (training, with the reader's seed) or keep it.
+        shuffle_buffer: size of the shuffle buffer (window indices).
+        repeat: repeat the epochs forever.
+        drop_remainder: drop a last, smaller batch.
         positions: optional (N,) position of each window in the run's whole stream of
             windows, which draws its flip (default: the place in this stream, after shuffling
             and repeating): a resumed or sharded stream passes where its windows stand in the
             whole run, so they get the flips of the uninterrupted one-device run.
 
     Returns:
-        A dataset of `(inputs, targets)` or `(inputs, targets, weights)`:
-        inputs (B, n_in, H, W, 1) float32 on [0, 1], no-data pixels set to 0;
+        A dataset of `(inputs, targets)`, or `(inputs, targets, weights)` when the reader has
+        weights: inputs (B, n_in, H, W, 1) float32 on [0, 1], no-data pixels set to 0;
         targets (B, n_out, H, W, 1) float32 on [0, 1], no-data pixels NaN (losses and metrics
         mask them); weights (B,) float32.
     """
     import tensorflow as tf
 
+    _positive_int(batch_size, "batch_size")
     if shuffle and shuffle_buffer < 1:
         raise ValueError(f"shuffle_buffer must be >= 1, Received: {shuffle_buffer=}")
-    reader = WindowReader(
-        store_path, starts, n_in=n_in, n_out=n_out, batch_size=batch_size, norm=norm,
-        seed=seed, weights=weights, augment=augment,
-    )  # fmt: skip
     starts = reader.starts
     height, width = reader.frame_shape
 
@@ -216,9 +293,9 @@ def make_dataset(
         inputs, targets = tf.numpy_function(
             reader.read, [start, position], [tf.float32, tf.float32], stateful=False
         )
-        inputs = tf.ensure_shape(inputs, (n_in, height, width, 1))
-        targets = tf.ensure_shape(targets, (n_out, height, width, 1))
-        return (inputs, targets) if weights is None else (inputs, targets, weight)
+        inputs = tf.ensure_shape(inputs, (reader.n_in, height, width, 1))
+        targets = tf.ensure_shape(targets, (reader.n_out, height, width, 1))
+        return (inputs, targets, weight) if reader.with_weights else (inputs, targets)
 
     dataset = tf.data.Dataset.from_tensor_slices((starts, reader.weights))
     if positions is not None:
@@ -226,7 +303,7 @@ def make_dataset(
         dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensor_slices(positions)))
     if shuffle:
         dataset = dataset.shuffle(
-            min(shuffle_buffer, starts.size), seed=seed, reshuffle_each_iteration=True
+            min(shuffle_buffer, starts.size), seed=reader.seed, reshuffle_each_iteration=True
         )
     if repeat:
         dataset = dataset.repeat()
@@ -253,112 +330,39 @@ def _checked_positions(positions, count: int) -> np.ndarray:
     return positions
 
 
-class WindowReader:
-    """Reads window k of a stream as the model takes it: what both input paths share.
-
-    Checks the arguments once, then `read(start, position)` returns one window: normalised,
-    flipped by the draw of its stream position (so a window gets a new flip each pass, and the
-    same seed gives the same flips on either path), no-data inputs set to 0.
-
-    Attributes:
-        starts: (N,) int64 window starts.
-        weights: (N,) float32 sample weights (ones when none were given).
-        frame_shape: (H, W) of the frames.
-    """
-
-    def __init__(
-        self,
-        store_path: str | os.PathLike,
-        starts: np.ndarray,
-        *,
-        n_in: int,
-        n_out: int,
-        batch_size: int,
-        norm: NormalisationConfig,
-        seed: int,
-        weights: np.ndarray | None = None,
-        augment: bool = False,
-    ):
-        for name, value in (("n_in", n_in), ("n_out", n_out), ("batch_size", batch_size)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, Received: {name}={value}")
-        self.store = Store(store_path)
-        self.n_in, self.length = n_in, n_in + n_out
-        self.starts = np.asarray(starts, dtype=np.int64)
-        _check_starts(self.starts, self.length, len(self.store))
-        self.frame_shape = tuple(self.store.shape[1:])
-        self.weights = np.ones(self.starts.shape, np.float32)
-        if weights is not None:
-            self.weights = np.asarray(weights, dtype=np.float32)
-            if self.weights.shape != self.starts.shape:
-                raise ValueError(
-                    f"weights must have one value per window {self.starts.shape}, "
-                    f"Received: shape={self.weights.shape}"
-                )
-        self.norm, self.seed, self.augment = norm, seed, augment
-        height, width = self.frame_shape
-        self.transforms = _ALL_TRANSFORMS if height == width else _SHAPE_KEEPING_TRANSFORMS
-
-    def read(self, start: int, position: int) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs (n_in, H, W, 1), targets (n_out, H, W, 1)) of the window at `start`."""
-        start = int(start)
-        frames = normalise(self.store.read(start, start + self.length), self.norm)  # (T, H, W)
-        if self.augment:
-            draw = np.random.default_rng((self.seed, int(position))).integers(self.transforms.size)
-            transform = self.transforms[draw]
-            frames = np.rot90(frames, k=transform % 4, axes=(1, 2))
-            if transform >= 4:
-                frames = frames[:, :, ::-1]
-            frames = np.ascontiguousarray(frames)
-        inputs = np.nan_to_num(frames[: self.n_in], nan=0.0)
-        return inputs[..., None], frames[self.n_in :, ..., None]
-
-
 class WindowDataset(keras.utils.PyDataset):
     """Batches of windows in the given order, read ahead by threads: the backend-free path.
 
-    Yields what `make_dataset(..., shuffle=False)` yields, batch for batch (`WindowReader`).
+    Yields what `make_dataset(reader, ..., shuffle=False)` yields, batch for batch.
     Batch i+1 .. i+`queue_size` are read by `workers` threads while batch i trains; at most
     `queue_size` batches wait in memory. Keras's own worker queue is not used: in Keras 3.15 it
     restarts at batch 0 after each epoch when `fit(steps_per_epoch=...)` stops mid-dataset,
     which would re-read the first windows instead of continuing the run's window order.
 
     Args:
-        store_path, starts, n_in, n_out, batch_size, norm, seed, weights, augment, positions:
-            as for `make_dataset`.
-        drop_remainder: drop a last, smaller batch.
+        reader, batch_size, drop_remainder, positions: as for `make_dataset`.
         workers: reader threads.
         queue_size: most batches read ahead.
     """
 
     def __init__(
         self,
-        store_path: str | os.PathLike,
-        starts: np.ndarray,
+        reader: WindowReader,
         *,
-        n_in: int,
-        n_out: int,
         batch_size: int,
-        norm: NormalisationConfig,
-        seed: int,
-        weights: np.ndarray | None = None,
-        augment: bool = False,
         drop_remainder: bool = False,
         positions: np.ndarray | None = None,
         workers: int = 2,
         queue_size: int = 4,
     ):
         super().__init__()
+        _positive_int(batch_size, "batch_size")
         if workers < 1 or queue_size < 1:
             raise ValueError(
                 f"workers and queue_size must be >= 1, Received: {workers=}, {queue_size=}"
             )
-        self.reader = WindowReader(
-            store_path, starts, n_in=n_in, n_out=n_out, batch_size=batch_size, norm=norm,
-            seed=seed, weights=weights, augment=augment,
-        )  # fmt: skip
-        self.batch_size, self.with_weights = batch_size, weights is not None
-        count = self.reader.starts.size
+        self.reader, self.batch_size = reader, batch_size
+        count = reader.starts.size
         self.positions = (
             np.arange(count) if positions is None else _checked_positions(positions, count)
         )
@@ -378,7 +382,7 @@ class WindowDataset(keras.utils.PyDataset):
         batch = (np.stack([w[0] for w in windows]), np.stack([w[1] for w in windows]))
         return (
             (*batch, self.reader.weights[indices.start : indices.stop])
-            if self.with_weights
+            if self.reader.with_weights
             else batch
         )
 
@@ -396,28 +400,18 @@ class WindowDataset(keras.utils.PyDataset):
 
 
 def input_batches(
-    store_path: str | os.PathLike,
-    starts: np.ndarray,
+    reader: WindowReader,
     *,
-    n_in: int,
-    n_out: int,
     batch_size: int,
-    norm: NormalisationConfig,
-    seed: int,
-    weights: np.ndarray | None = None,
-    augment: bool = False,
     drop_remainder: bool = False,
     positions: np.ndarray | None = None,
 ) -> tf.data.Dataset | WindowDataset:
-    """Batches of the windows at `starts`, in that order, for the running Keras backend.
+    """Batches of the reader's windows, in its order, for the running Keras backend.
 
     tf.data (`make_dataset`) under TensorFlow, where it also feeds tf.distribute; the
     `WindowDataset` otherwise, so no other backend imports TensorFlow. Same batches either way.
     """
-    kwargs = dict(
-        n_in=n_in, n_out=n_out, batch_size=batch_size, norm=norm, seed=seed, weights=weights,
-        augment=augment, drop_remainder=drop_remainder, positions=positions,
-    )  # fmt: skip
+    kwargs = dict(batch_size=batch_size, drop_remainder=drop_remainder, positions=positions)
     if keras.backend.backend() == "tensorflow":
-        return make_dataset(store_path, starts, shuffle=False, **kwargs)
-    return WindowDataset(store_path, starts, **kwargs)
+        return make_dataset(reader, shuffle=False, **kwargs)
+    return WindowDataset(reader, **kwargs)

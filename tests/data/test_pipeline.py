@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from nowcast.config import DataConfig, NormalisationConfig
-from nowcast.data.pipeline import make_dataset, select_windows
+from nowcast.data.pipeline import WindowReader, make_dataset, select_windows
 from nowcast.data.store import Store, write_store
 from nowcast.units import normalise
 
@@ -37,11 +37,18 @@ def _first_frames(batches) -> list[int]:
     return [int(round(v)) for x, _ in batches for v in x[:, 0, 4, 4, 0] * 70.0]
 
 
+def _dataset(path, starts, *, batch_size, n_in=N_IN, n_out=N_OUT, seed=0, weights=None,
+             augment=False, patch_size=None, shuffle=False, **dataset_kwargs):  # fmt: skip
+    reader = WindowReader(
+        path, np.asarray(starts), n_in=n_in, n_out=n_out, norm=NORM, seed=seed, weights=weights,
+        augment=augment, patch_size=patch_size,
+    )  # fmt: skip
+    return make_dataset(reader, batch_size=batch_size, shuffle=shuffle, **dataset_kwargs)
+
+
 def test_windows_hold_the_normalised_store_frames(store_path):
     starts = np.array([0, 4, 9, 15])
-    dataset = make_dataset(
-        store_path, starts, n_in=N_IN, n_out=N_OUT, batch_size=3, norm=NORM, shuffle=False, seed=0
-    )
+    dataset = _dataset(store_path, starts, batch_size=3)
     batches = _batches(dataset)
     assert [x.shape for x, _ in batches] == [(3, N_IN, H, W, 1), (1, N_IN, H, W, 1)]
     assert [y.shape for _, y in batches] == [(3, N_OUT, H, W, 1), (1, N_OUT, H, W, 1)]
@@ -58,9 +65,7 @@ def test_windows_hold_the_normalised_store_frames(store_path):
 
 
 def test_no_data_is_zero_in_inputs_and_nan_in_targets(store_path):
-    dataset = make_dataset(
-        store_path, [5], n_in=N_IN, n_out=N_OUT, batch_size=1, norm=NORM, shuffle=False, seed=0
-    )
+    dataset = _dataset(store_path, [5], batch_size=1)
     ((inputs, targets),) = _batches(dataset)  # frames 5-7 in, 8-9 out; frame 7 all no data
     assert np.all(inputs[0, :, :2] == 0.0)
     frame_7 = inputs[0, 2, ..., 0]
@@ -73,17 +78,7 @@ def test_no_data_is_zero_in_inputs_and_nan_in_targets(store_path):
 
 
 def test_static_shapes_for_keras(store_path):
-    dataset = make_dataset(
-        store_path,
-        np.arange(10),
-        n_in=N_IN,
-        n_out=N_OUT,
-        batch_size=4,
-        norm=NORM,
-        shuffle=True,
-        seed=0,
-        drop_remainder=True,
-    )
+    dataset = _dataset(store_path, np.arange(10), batch_size=4, shuffle=True, drop_remainder=True)
     inputs_spec, targets_spec = dataset.element_spec
     assert tuple(inputs_spec.shape) == (4, N_IN, H, W, 1)
     assert tuple(targets_spec.shape) == (4, N_OUT, H, W, 1)
@@ -91,15 +86,12 @@ def test_static_shapes_for_keras(store_path):
 
 
 def _order(store_path, seed, epochs=1):
-    dataset = make_dataset(
+    dataset = _dataset(
         store_path,
         np.arange(15),
-        n_in=N_IN,
-        n_out=N_OUT,
         batch_size=4,
-        norm=NORM,
-        shuffle=True,
         seed=seed,
+        shuffle=True,
         shuffle_buffer=8,
         repeat=epochs > 1,
         drop_remainder=True,
@@ -124,16 +116,7 @@ def test_repeat_reshuffles_each_epoch(store_path):
 @pytest.mark.parametrize("starts", [[16], [-1], []])
 def test_windows_outside_the_store_are_rejected(store_path, starts):
     with pytest.raises(ValueError, match="starts"):
-        make_dataset(
-            store_path,
-            np.array(starts, dtype=np.int64),
-            n_in=N_IN,
-            n_out=N_OUT,
-            batch_size=1,
-            norm=NORM,
-            shuffle=False,
-            seed=0,
-        )
+        _dataset(store_path, np.array(starts, dtype=np.int64), batch_size=1)
 
 
 # ----- weights and augmentation ------------------------------------------------------------------
@@ -155,16 +138,8 @@ def _symmetries(window: np.ndarray) -> list[np.ndarray]:
 
 
 def test_weights_come_with_each_window(store_path):
-    dataset = make_dataset(
-        store_path,
-        np.array([0, 4, 9]),
-        n_in=N_IN,
-        n_out=N_OUT,
-        batch_size=2,
-        norm=NORM,
-        shuffle=False,
-        seed=0,
-        weights=np.array([1.0, 0.25, 1.0]),
+    dataset = _dataset(
+        store_path, np.array([0, 4, 9]), batch_size=2, weights=np.array([1.0, 0.25, 1.0])
     )
     batches = [tuple(t.numpy() for t in batch) for batch in dataset]
     assert [len(b) for b in batches] == [3, 3]
@@ -173,9 +148,9 @@ def test_weights_come_with_each_window(store_path):
 
 
 def _augmented(path, seed, starts, n_in=2, n_out=2, positions=None):
-    dataset = make_dataset(
-        path, starts, n_in=n_in, n_out=n_out, batch_size=1, norm=NORM, shuffle=False,
-        seed=seed, augment=True, positions=positions,
+    dataset = _dataset(
+        path, starts, batch_size=1, n_in=n_in, n_out=n_out, seed=seed, augment=True,
+        positions=positions,
     )  # fmt: skip
     return [np.concatenate([x[0, ..., 0], y[0, ..., 0]]) for x, y in dataset.as_numpy_iterator()]
 
@@ -215,6 +190,40 @@ def test_augmentation_keeps_the_shape_of_non_square_frames(store_path):
 
 
 # ----- which windows a run uses -----------------------------------------------------------------
+
+
+def _patches(path, seed, starts, patch_size, augment=False, positions=None):
+    dataset = _dataset(
+        path, starts, batch_size=1, n_in=2, n_out=2, seed=seed, augment=augment,
+        patch_size=patch_size, positions=positions,
+    )  # fmt: skip
+    return [np.concatenate([x[0, ..., 0], y[0, ..., 0]]) for x, y in dataset.as_numpy_iterator()]
+
+
+def test_patches_are_one_crop_of_each_whole_window_at_a_place_drawn_per_position(square_store):
+    starts = np.arange(36)
+    patches = _patches(square_store, 3, starts, patch_size=5)
+    with Store(square_store) as store:
+        originals = [normalise(store.read(s, s + 4), NORM) for s in starts]
+    places = []
+    for got, original in zip(patches, originals, strict=True):
+        assert got.shape == (4, 5, 5)
+        crops = [(top, left) for top in range(4) for left in range(4)
+                 if np.array_equal(got, original[:, top : top + 5, left : left + 5])]  # fmt: skip
+        assert len(crops) == 1  # inputs and targets cut at the same place
+        places += crops
+    assert len(set(places)) > 8  # drawn anew for each window, over the whole frame
+    again = _patches(square_store, 3, starts, patch_size=5)
+    assert all(np.array_equal(a, b) for a, b in zip(patches, again, strict=True))
+    tail = _patches(square_store, 3, starts[30:], patch_size=5, positions=np.arange(30, 36))
+    assert all(np.array_equal(a, b) for a, b in zip(patches[30:], tail, strict=True))
+
+
+def test_patches_of_non_square_frames_are_square_and_must_fit(store_path):
+    flipped = _patches(store_path, 0, np.arange(16), patch_size=W - 2, augment=True)
+    assert all(w.shape == (4, W - 2, W - 2) for w in flipped)
+    with pytest.raises(ValueError, match=rf"patch_size={H} is larger than the {H} x {W} frames"):
+        _patches(store_path, 0, np.arange(12), patch_size=H)
 
 
 def _data_config(path, **overrides):
