@@ -1,4 +1,5 @@
-"""The reference forecasts every nowcast is scored against: persistence and optical flow.
+"""The reference forecasts every nowcast is scored against: persistence and optical flow, and
+the block-matching extrapolation that a model with `model.advection` corrects.
 
 A baseline is called like the model: `baseline(inputs)` with inputs (batch, n_in, height,
 width, 1) on the model's normalised scale (nowcast.units: linear in dBZ, 0 = no echo, no-data
@@ -13,6 +14,9 @@ import io
 import warnings
 
 import numpy as np
+from keras import ops
+
+from nowcast.model.advection import advect, estimate_motion
 
 
 def _check_inputs(inputs: np.ndarray, min_frames: int, name: str) -> np.ndarray:
@@ -84,10 +88,32 @@ class OpticalFlow:
         return forecast
 
 
-BASELINES = {"persistence": Persistence, "optical_flow": OpticalFlow}
+class BlockMatching:
+    """The newest frame moved along block-matched motion (nowcast.model.advection, up to 6
+    pixels per frame): the forecast a model with `model.advection` starts from, scored on its
+    own so that what the network adds to it shows.
+
+    Args:
+        n_out: number of frames to forecast.
+    """
+
+    def __init__(self, n_out: int) -> None:
+        self.n_out = int(n_out)
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        inputs = _check_inputs(inputs, 2, "the block-matching baseline")
+        motion = estimate_motion(inputs, max_speed=6)
+        return ops.convert_to_numpy(advect(inputs[:, -1], motion, self.n_out))
 
 
-def make_baseline(name: str, *, n_out: int) -> Persistence | OpticalFlow:
+BASELINES = {
+    "persistence": Persistence,
+    "optical_flow": OpticalFlow,
+    "block_matching": BlockMatching,
+}
+
+
+def make_baseline(name: str, *, n_out: int) -> Persistence | OpticalFlow | BlockMatching:
     """The baseline called `name` (one of `BASELINES`), forecasting `n_out` frames.
 
     Raises:

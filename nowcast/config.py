@@ -123,6 +123,10 @@ class ModelConfig:
     recurrent: str = "fused"
     # The head also takes the newest input frame at full resolution (a U-Net-style skip).
     last_frame_skip: bool = False
+    # The network corrects the newest frame moved along the input frames' motion (block
+    # matching up to advection_max_speed pixels per frame; nowcast.model.advection).
+    advection: bool = False
+    advection_max_speed: int = 6
 
 
 @dataclass
@@ -283,7 +287,9 @@ class EvaluateConfig:
 
     `data` is empty by default: the run's own windows (its split.json) are scored. Selecting a
     data option scores another store, split by that option's settings; the window lengths and
-    normalisation always come from the run, since the model was trained on them.
+    normalisation always come from the run, since the model was trained on them. `baselines`:
+    persistence, optical_flow (pysteps) and block_matching (the extrapolation that a model
+    with `model.advection` corrects, scored alone), any of them.
     """
 
     run: str = MISSING
@@ -291,7 +297,9 @@ class EvaluateConfig:
     split: str = "test"
     data: DataConfig | None = None
     batch_size: int | None = None
-    baselines: list[str] = field(default_factory=lambda: ["persistence", "optical_flow"])
+    baselines: list[str] = field(
+        default_factory=lambda: ["persistence", "optical_flow", "block_matching"]
+    )
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     progress: bool = True
     overwrite: bool = False

@@ -26,6 +26,7 @@ TINY_MODEL = {
     "stages": [{"filters": 4, "kernel_size": 3, "downsample_filters": 4, "downsample_kernel": 3,
                 "downsample_stride": 2}],
     "head_filters": 4,
+    "advection": True,  # its block matching and resampling must agree across backends too
 }  # fmt: skip
 FRAME = (16, 16, 1)
 N_IN = N_OUT = 2

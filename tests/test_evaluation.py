@@ -20,7 +20,7 @@ from nowcast.metrics import categorical_scores
 from nowcast.model import build_model
 from nowcast.units import normalise, rain_to_dbz
 
-METHODS = ["model", "persistence", "optical_flow"]
+METHODS = ["model", "persistence", "optical_flow", "block_matching"]
 
 
 def test_head_to_head_counts_lead_times_won_and_the_mean_difference():
@@ -118,7 +118,7 @@ def test_evaluate_scores_the_run_split_and_baselines(tiny_run, evaluate_config):
 
     with open(out / "categorical.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 * 3 * 6
+    assert len(rows) == len(METHODS) * 3 * 6
     assert rows[0]["method"] == "model" and float(rows[0]["threshold"]) == 0.5
     with open(out / "continuous.csv") as f:
         header = next(csv.reader(f))
@@ -189,6 +189,7 @@ def test_a_model_that_copies_its_last_frame_scores_exactly_persistence(
     shutil.copytree(tiny_run, copier, ignore=shutil.ignore_patterns("evaluation"))
     run_cfg = OmegaConf.load(copier / "config.yaml")
     run_cfg.model.last_frame_skip = True
+    run_cfg.model.advection = False
     OmegaConf.save(run_cfg, copier / "config.yaml")
     model = build_model(run_cfg.model, n_out=run_cfg.data.n_out, input_shape=(32, 32, 1))
     head = np.zeros(model.head.kernel.shape, np.float32)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import ops
 
+from nowcast.model.advection import advect, estimate_motion
 from nowcast.model.cell import ConvLSTM, _int_pair, _positive_int
 
 # The recurrent layers a model can be built with: our fused-gate ConvLSTM, or Keras's own.
@@ -65,6 +66,10 @@ class EncoderForecaster(keras.Model):
     and a linear 1x1 Conv2D(out_channels) give the output frames. With `last_frame_skip`, the
     newest input frame joins the 3x3 convolution's input at every lead time: the head sees
     the observed field at full resolution, not only what passed through the coarse maps.
+    With `advection`, the frame handed to the head at lead k is instead the newest frame moved
+    k times along the motion of the input frames (`nowcast.model.advection`, no weights), and
+    the network's output is added to it: the network forecasts what extrapolation misses
+    (growth, decay, initiation) and keeps the detail that extrapolation keeps.
 
     The network is fully convolutional, so it takes any frame size that the product of the
     downsample strides divides (a peephole model only the size it was built for), and any
@@ -87,6 +92,11 @@ class EncoderForecaster(keras.Model):
             gets one channel of zeros, which adds kernel_size**2 * 4 * filters weights.
         conv_negative_slope: Slope of the LeakyReLU after each (transposed) convolution.
         last_frame_skip: Whether the head also takes the newest input frame (see above).
+        advection: Whether the network corrects an extrapolation of the newest frame (see
+            above); needs at least two input frames, even frame sides and out_channels equal
+            to the input channels.
+        advection_max_speed: The fastest motion the extrapolation finds, in pixels per frame
+            (6: 72 km/h on a 1-km, 5-minute grid).
         **kwargs: Base `keras.Model` arguments (name, dtype, ...).
 
     Call arguments:
@@ -114,6 +124,8 @@ class EncoderForecaster(keras.Model):
         conv_negative_slope=0.2,
         recurrent="fused",
         last_frame_skip=False,
+        advection=False,
+        advection_max_speed=6,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -152,6 +164,13 @@ class EncoderForecaster(keras.Model):
                 f"`last_frame_skip` must be True or False. Received: {last_frame_skip=!r}"
             )
         self.last_frame_skip = last_frame_skip
+        if not isinstance(advection, bool) or (advection and last_frame_skip):
+            raise ValueError(
+                "`advection` must be True or False, and not True with `last_frame_skip` (it "
+                f"hands the head its own frame). Received: {advection=!r}, {last_frame_skip=!r}"
+            )
+        self.advection = advection
+        self.advection_max_speed = _positive_int(advection_max_speed, "advection_max_speed")
 
         def rnn(stage, name):
             if recurrent == "keras":
@@ -260,7 +279,14 @@ class EncoderForecaster(keras.Model):
             self.upsamplers[k].build(state)
             channels = stage["filters"]
         frame = (None, *input_shape[2:4])
-        skip_channels = input_shape[-1] if self.last_frame_skip else 0
+        odd = any(side is not None and side % 2 for side in (height, width))
+        if self.advection and (input_shape[-1] != self.out_channels or odd):
+            raise ValueError(
+                "advection adds the forecast to the moved newest frame, which it matches on "
+                "2x2 pixel means: it needs out_channels equal to the input channels and even "
+                f"frame sides. Received: input_shape={input_shape}, {self.out_channels=}"
+            )
+        skip_channels = input_shape[-1] if self.last_frame_skip or self.advection else 0
         self.head.build((*frame, self.head_filters + skip_channels))
         self.output_conv.build((*frame, self.head_filters))
 
@@ -275,16 +301,17 @@ class EncoderForecaster(keras.Model):
     def _leaky(self, x):
         return ops.leaky_relu(x, negative_slope=self.conv_negative_slope)
 
-    def _output_frames(self, frames, last_frame=None):
+    def _output_frames(self, frames, skip=None):
         """(B*n_out, H_0, W_0, F_0) from forecaster stage 0 -> (B*n_out, H, W, out_channels).
 
-        `last_frame` (B*n_out, H, W, C), the newest input frame for each output frame, is
-        concatenated to the upsampled features when given.
+        `skip` (B*n_out, H, W, C), the newest input frame (moved, with advection) for each
+        output frame, is concatenated to the upsampled features when given.
         """
         frames = self._leaky(self.upsamplers[0](frames))
-        if last_frame is not None:
-            frames = ops.concatenate([frames, ops.cast(last_frame, frames.dtype)], axis=-1)
-        return self.output_conv(self._leaky(self.head(frames)))
+        if skip is not None:
+            frames = ops.concatenate([frames, ops.cast(skip, frames.dtype)], axis=-1)
+        output = self.output_conv(self._leaky(self.head(frames)))
+        return output + ops.cast(skip, output.dtype) if self.advection else output
 
     def _recur(self, rnn, inputs, initial_state=None, training=False):
         """Run one recurrent layer; `(sequence, [h, c])` whichever `recurrent` it is.
@@ -319,8 +346,18 @@ class EncoderForecaster(keras.Model):
                 y = self._leaky(self._per_frame(self.upsamplers[k], y))  # (B, n_out, H_k-1, ...)
         # The newest input frame beside each output frame: (B, H, W, C) -> (B*n_out, H, W, C),
         # in the order of (B, n_out) folded into one axis.
-        last = ops.repeat(inputs[:, -1], self.n_out, axis=0) if self.last_frame_skip else None
-        return self._per_frame(lambda frames: self._output_frames(frames, last), y)
+        skip = None
+        if self.advection:
+            if inputs.shape[1] is not None and inputs.shape[1] < 2:
+                raise ValueError(
+                    f"advection needs at least 2 input frames. Received: {inputs.shape[1]}"
+                )
+            motion = estimate_motion(inputs, self.advection_max_speed)
+            moved = advect(inputs[:, -1], motion, self.n_out)  # (B, n_out, H, W, C)
+            skip = ops.reshape(moved, (-1, *moved.shape[2:]))
+        elif self.last_frame_skip:
+            skip = ops.repeat(inputs[:, -1], self.n_out, axis=0)
+        return self._per_frame(lambda frames: self._output_frames(frames, skip), y)
 
     def get_config(self):
         return {
@@ -336,4 +373,6 @@ class EncoderForecaster(keras.Model):
             "conv_negative_slope": self.conv_negative_slope,
             "recurrent": self.recurrent,
             "last_frame_skip": self.last_frame_skip,
+            "advection": self.advection,
+            "advection_max_speed": self.advection_max_speed,
         }

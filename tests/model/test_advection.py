@@ -1,0 +1,89 @@
+"""The extrapolation the network corrects: motion found by block matching, frames moved."""
+
+import keras
+import numpy as np
+import pytest
+
+from nowcast.model import EncoderForecaster
+from nowcast.model.advection import advect, estimate_motion
+
+STAGES = [
+    {
+        "filters": 4,
+        "kernel_size": 3,
+        "downsample_filters": 4,
+        "downsample_kernel": 3,
+        "downsample_stride": 2,
+    }
+]
+
+
+def _textured_frames(velocity, steps=5, size=64, seed=0):
+    """Rain-like texture (smoothed noise, dry below its median) moving `velocity` px/frame."""
+    rng = np.random.default_rng(seed)
+    big = rng.random((size * 2, size * 2), dtype=np.float32)
+    kernel = np.ones(5, np.float32) / 5
+    for axis in (0, 1):
+        big = np.apply_along_axis(np.convolve, axis, big, kernel, mode="same")
+    big = np.clip(big - np.median(big), 0, None) * 4
+    frames = []
+    for t in range(steps):
+        dy, dx = (round(v * t) for v in velocity)
+        frames.append(
+            big[size // 2 - dy : size // 2 - dy + size, size // 2 - dx : size // 2 - dx + size]
+        )
+    return np.stack(frames)[None, ..., None]
+
+
+@pytest.mark.parametrize("velocity", [(2, -3), (0, 5), (-4, 1)])
+def test_motion_of_translated_echo_is_found_to_a_fraction_of_a_pixel(velocity):
+    frames = _textured_frames(velocity)
+    motion = keras.ops.convert_to_numpy(estimate_motion(frames, max_speed=6))
+    assert motion.shape == (1, 64, 64, 2)
+    interior = motion[0, 16:-16, 16:-16].reshape(-1, 2)
+    np.testing.assert_allclose(np.median(interior, axis=0), velocity, atol=0.25)
+
+
+def test_advect_moves_whole_pixels_exactly_and_brings_no_echo_from_outside():
+    frame = np.random.default_rng(1).random((2, 16, 16, 1), dtype=np.float32)
+    motion = np.zeros((2, 16, 16, 2), np.float32)
+    motion[0] = (1, 2)  # down 1, right 2 per frame; the second sample stands still
+    moved = keras.ops.convert_to_numpy(advect(frame, motion, 3))
+    assert moved.shape == (2, 3, 16, 16, 1)
+    for k in range(1, 4):
+        expected = np.zeros_like(frame[0])
+        expected[k:, 2 * k :] = frame[0, : 16 - k, : 16 - 2 * k]
+        np.testing.assert_allclose(moved[0, k - 1], expected, atol=1e-6)
+        np.testing.assert_allclose(moved[1, k - 1], frame[1], atol=1e-6)
+
+
+def test_with_advection_a_silent_network_forecasts_the_extrapolation():
+    model = EncoderForecaster(STAGES, n_out=4, head_filters=4, advection=True)
+    frames = _textured_frames((1, 2))
+    model(frames)
+    model.output_conv.set_weights([np.zeros_like(w) for w in model.output_conv.get_weights()])
+    forecast = keras.ops.convert_to_numpy(model(frames))
+    motion = estimate_motion(frames, max_speed=6)
+    expected = keras.ops.convert_to_numpy(advect(frames[:, -1], motion, 4))
+    np.testing.assert_allclose(forecast, expected, atol=1e-6)
+    # Away from the edges, a small fraction of persistence's error.
+    truth = _textured_frames((1, 2), steps=9)[:, 5:]
+    persistence = np.repeat(frames[:, -1:], 4, axis=1)
+    error, persistence_error = (
+        np.abs(f - truth)[:, :, 8:-8, 8:-8].mean() for f in (forecast, persistence)
+    )
+    assert error < 0.25 * persistence_error, (error, persistence_error)
+
+
+@pytest.mark.parametrize(
+    "kwargs, shape, match",
+    [
+        ({"last_frame_skip": True}, (1, 3, 16, 16, 1), "not True with `last_frame_skip`"),
+        ({"out_channels": 2}, (1, 3, 16, 16, 1), "out_channels equal to the input channels"),
+        ({}, (1, 1, 16, 16, 1), "at least 2 input frames"),
+        ({"advection_max_speed": 0}, (1, 3, 16, 16, 1), "advection_max_speed"),
+    ],
+)
+def test_advection_rejects_what_it_cannot_extrapolate(kwargs, shape, match):
+    with pytest.raises(ValueError, match=match):
+        EncoderForecaster(STAGES, n_out=2, advection=True, **kwargs)(np.zeros(shape, "float32"))
