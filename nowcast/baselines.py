@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 from keras import ops
 
-from nowcast.model.advection import advect, estimate_motion
+from nowcast.model.advection import DEFAULT_MAX_SPEED, advect, estimate_motion
 
 
 def _check_inputs(inputs: np.ndarray, min_frames: int, name: str) -> np.ndarray:
@@ -89,9 +89,9 @@ class OpticalFlow:
 
 
 class BlockMatching:
-    """The newest frame moved along block-matched motion (nowcast.model.advection, up to 6
-    pixels per frame): the forecast a model with `model.advection` starts from, scored on its
-    own so that what the network adds to it shows.
+    """The newest frame moved along block-matched motion (nowcast.model.advection, up to
+    DEFAULT_MAX_SPEED pixels per frame): the forecast a model with `model.advection` starts
+    from, scored on its own so that what the network adds to it shows.
 
     Args:
         n_out: number of frames to forecast.
@@ -102,7 +102,7 @@ class BlockMatching:
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         inputs = _check_inputs(inputs, 2, "the block-matching baseline")
-        motion = estimate_motion(inputs, max_speed=6)
+        motion = estimate_motion(inputs, max_speed=DEFAULT_MAX_SPEED)
         return ops.convert_to_numpy(advect(inputs[:, -1], motion, self.n_out))
 
 

@@ -23,6 +23,7 @@ from nowcast.config import DataConfig, NormalisationConfig
 from nowcast.data.store import Store
 from nowcast.data.windows import (
     SPLITS,
+    check_positive_int,
     longest_run,
     make_windows,
     split_windows,
@@ -148,11 +149,6 @@ def _check_starts(starts: np.ndarray, window_length: int, n_frames: int) -> None
         )
 
 
-def _positive_int(value, name: str) -> None:
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, Received: {name}={value}")
-
-
 class WindowReader:
     """Reads window k of a stream as the model takes it: what both input paths share.
 
@@ -198,8 +194,8 @@ class WindowReader:
         augment: bool = False,
         patch_size: int | None = None,
     ):
-        _positive_int(n_in, "n_in")
-        _positive_int(n_out, "n_out")
+        check_positive_int(n_in, "n_in")
+        check_positive_int(n_out, "n_out")
         self.store = Store(store_path)
         self.n_in, self.n_out, self.length = n_in, n_out, n_in + n_out
         self.starts = np.asarray(starts, dtype=np.int64)
@@ -217,7 +213,7 @@ class WindowReader:
         self.norm, self.seed, self.augment = norm, seed, augment
         self.store_shape, self.patch_size = self.frame_shape, patch_size
         if patch_size is not None:
-            _positive_int(patch_size, "patch_size")
+            check_positive_int(patch_size, "patch_size")
             if patch_size > min(self.store_shape):
                 raise ValueError(
                     f"patch_size={patch_size} is larger than the {self.store_shape[0]} x "
@@ -283,7 +279,7 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    _positive_int(batch_size, "batch_size")
+    check_positive_int(batch_size, "batch_size")
     if shuffle and shuffle_buffer < 1:
         raise ValueError(f"shuffle_buffer must be >= 1, Received: {shuffle_buffer=}")
     starts = reader.starts
@@ -356,7 +352,7 @@ class WindowDataset(keras.utils.PyDataset):
         queue_size: int = 4,
     ):
         super().__init__()
-        _positive_int(batch_size, "batch_size")
+        check_positive_int(batch_size, "batch_size")
         if workers < 1 or queue_size < 1:
             raise ValueError(
                 f"workers and queue_size must be >= 1, Received: {workers=}, {queue_size=}"

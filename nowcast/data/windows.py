@@ -70,6 +70,12 @@ def window_means(per_frame: np.ndarray, starts: np.ndarray, window_length: int) 
     return (cumulative[starts + window_length] - cumulative[starts]) / window_length
 
 
+def check_positive_int(value, name: str) -> None:
+    """A ValueError naming `name` unless `value` is a whole number >= 1 (NumPy ints too)."""
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, Received: {name}={value}")
+
+
 def make_windows(
     times: np.ndarray,
     *,
@@ -116,8 +122,7 @@ def make_windows(
     """
     times = np.asarray(times)
     for name, value in (("n_in", n_in), ("n_out", n_out), ("stride", stride)):
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, Received: {name}={value}")
+        check_positive_int(value, name)
     if not minutes_per_frame > 0:
         raise ValueError(f"minutes_per_frame must be > 0, Received: {minutes_per_frame=}")
     if times.ndim != 1 or not np.issubdtype(times.dtype, np.integer):

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import ops
 
-from nowcast.model.advection import advect, estimate_motion
+from nowcast.model.advection import DEFAULT_MAX_SPEED, advect, estimate_motion
 from nowcast.model.cell import ConvLSTM, _int_pair, _positive_int
 
 # The recurrent layers a model can be built with: our fused-gate ConvLSTM, or Keras's own.
@@ -125,7 +125,7 @@ class EncoderForecaster(keras.Model):
         recurrent="fused",
         last_frame_skip=False,
         advection=False,
-        advection_max_speed=6,
+        advection_max_speed=DEFAULT_MAX_SPEED,
         **kwargs,
     ):
         super().__init__(**kwargs)
