@@ -89,20 +89,23 @@ class OpticalFlow:
 
 
 class BlockMatching:
-    """The newest frame moved along block-matched motion (nowcast.model.advection, up to
-    DEFAULT_MAX_SPEED pixels per frame): the forecast a model with `model.advection` starts
-    from, scored on its own so that what the network adds to it shows.
+    """The newest frame moved along block-matched motion (nowcast.model.advection): the
+    forecast a model with `model.advection` starts from, scored on its own so that what the
+    network adds to it shows.
 
     Args:
         n_out: number of frames to forecast.
+        max_speed: the fastest motion searched, in pixels per frame; evaluation passes the
+            run's `model.advection_max_speed`, so the baseline is the model's own starting point.
     """
 
-    def __init__(self, n_out: int) -> None:
+    def __init__(self, n_out: int, max_speed: int = DEFAULT_MAX_SPEED) -> None:
         self.n_out = int(n_out)
+        self.max_speed = int(max_speed)
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         inputs = _check_inputs(inputs, 2, "the block-matching baseline")
-        motion = estimate_motion(inputs, max_speed=DEFAULT_MAX_SPEED)
+        motion = estimate_motion(inputs, max_speed=self.max_speed)
         return ops.convert_to_numpy(advect(inputs[:, -1], motion, self.n_out))
 
 
@@ -113,8 +116,11 @@ BASELINES = {
 }
 
 
-def make_baseline(name: str, *, n_out: int) -> Persistence | OpticalFlow | BlockMatching:
-    """The baseline called `name` (one of `BASELINES`), forecasting `n_out` frames.
+def make_baseline(
+    name: str, *, n_out: int, max_speed: int = DEFAULT_MAX_SPEED
+) -> Persistence | OpticalFlow | BlockMatching:
+    """The baseline called `name` (one of `BASELINES`), forecasting `n_out` frames;
+    `max_speed` is block matching's reach in pixels per frame (the others have none).
 
     Raises:
         ValueError: an unknown name; the message lists the available ones.
@@ -123,4 +129,6 @@ def make_baseline(name: str, *, n_out: int) -> Persistence | OpticalFlow | Block
         raise ValueError(
             f"unknown baseline, available: {', '.join(BASELINES)}. Received: {name!r}"
         )
+    if name == "block_matching":
+        return BlockMatching(n_out, max_speed)
     return BASELINES[name](n_out)

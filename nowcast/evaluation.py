@@ -539,7 +539,10 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     scoring = scoring_for(quantity, cfg.metrics)
     model = load_checkpoint(run_cfg, checkpoint, (height, width, 1))
     forecasters = {"model": model.predict_on_batch}
-    forecasters.update({name: make_baseline(name, n_out=n_out) for name in cfg.baselines})
+    reach = run_cfg.model.advection_max_speed
+    forecasters.update(
+        {name: make_baseline(name, n_out=n_out, max_speed=reach) for name in cfg.baselines}
+    )
     accumulators = {
         name: VerificationAccumulator(
             n_lead_times=n_out,

@@ -124,16 +124,17 @@ def display_values(
 
 
 def _forecasts(
-    model: keras.Model, inputs: np.ndarray, baselines: list[str], n_out: int
+    model: keras.Model, inputs: np.ndarray, baselines: dict[str, Callable]
 ) -> dict[str, np.ndarray]:
-    """Method -> (n_out, H, W) forecast on the model's scale, from (n_in, H, W) inputs.
+    """Method -> (n_out, H, W) forecast on the model's scale, from (n_in, H, W) inputs, by the
+    model and by each baseline (name -> a `make_baseline` forecaster).
 
     Inputs are on the model's scale with no data as 0, as the input pipeline gives them.
     """
     batch = inputs[None, ..., None]  # (1, n_in, H, W, 1)
     forecasts = {"model": keras.ops.convert_to_numpy(model.predict_on_batch(batch))[0, ..., 0]}
-    for name in baselines:
-        forecasts[name] = make_baseline(name, n_out=n_out)(batch)[0, ..., 0]
+    for name, baseline in baselines.items():
+        forecasts[name] = baseline(batch)[0, ..., 0]
     return forecasts
 
 
@@ -325,9 +326,9 @@ def plot_run(cfg: DictConfig) -> PlotResult:
 
     model = load_checkpoint(run_cfg, checkpoint, (*frames.shape[1:], 1))
     normalised = normalise(frames, norm)  # NaN (no data) stays NaN
-    forecasts = _forecasts(
-        model, np.nan_to_num(normalised[:n_in], nan=0.0), list(cfg.baselines), n_out
-    )
+    reach = run_cfg.model.advection_max_speed
+    baselines = {name: make_baseline(name, n_out=n_out, max_speed=reach) for name in cfg.baselines}
+    forecasts = _forecasts(model, np.nan_to_num(normalised[:n_in], nan=0.0), baselines)
     coverage = ~np.isnan(frames[n_in - 1])
     show = partial(display_values, norm=norm, quantity=quantity, units=units)
     sequence = ForecastSequence(
@@ -677,7 +678,7 @@ def predict(cfg: DictConfig) -> PredictResult:
 
     model = load_checkpoint(run_cfg, checkpoint, (*grid.shape, 1))
     normalised = normalise(latest.frames, norm)
-    normalised_forecast = _forecasts(model, np.nan_to_num(normalised, nan=0.0), [], n_out)["model"]
+    normalised_forecast = _forecasts(model, np.nan_to_num(normalised, nan=0.0), {})["model"]
     units = display_units(grid.quantity, None)
     coverage = ~np.isnan(latest.frames[-1])
     forecast = np.where(coverage, to_physical(normalised_forecast, norm, grid.quantity), np.nan)

@@ -48,6 +48,16 @@ def test_extrapolation_follows_moving_echoes_that_persistence_misses(extrapolati
     assert np.all(flow_csi > persistence_csi + 0.2), (flow_csi, persistence_csi)
 
 
+def test_block_matching_searches_as_far_as_its_reach():
+    frames = blobs(8, velocity=(4.0, 0.0), size=64)[None, ..., None]  # 4 px/frame
+    inputs, targets = frames[:, :4], frames[:, 4:]
+    far, near = (make_baseline("block_matching", n_out=4, max_speed=s) for s in (6, 2))
+    assert near.max_speed == 2
+    far_csi, near_csi = csi(far(inputs), targets), csi(near(inputs), targets)
+    assert np.all(far_csi > 0.85), far_csi
+    assert np.all(near_csi < far_csi - 0.2), (near_csi, far_csi)
+
+
 # Block matching's parabola puts a smooth blob's least cost 0.05 pixel per frame off.
 @pytest.mark.parametrize("extrapolation, atol", [(OpticalFlow, 1e-3), (BlockMatching, 2.5e-2)])
 def test_extrapolation_keeps_a_static_field_in_place(extrapolation, atol):
