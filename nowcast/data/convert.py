@@ -32,6 +32,7 @@ from nowcast.config import ConvertCommandConfig, CropConfig
 from nowcast.data import knmi, odim, sevir
 from nowcast.data.sources import SourceError, SourceFrame, find_inputs, iso
 from nowcast.data.store import REFLECTIVITY, VIL, Store, StoreWriter
+from nowcast.data.windows import check_positive_int
 from nowcast.units import dbz_to_rain, rain_to_dbz
 
 log = logging.getLogger(__name__)
@@ -191,8 +192,7 @@ def _crop_window(
     shape: tuple[int, int], crop: CropConfig, factor: int
 ) -> tuple[int, int, int, int]:
     """(top, left, height, width) of the crop in source pixels, checked against the grid."""
-    if int(factor) != factor or factor < 1:
-        raise ValueError(f"downsample must be an integer >= 1, Received: downsample={factor}")
+    check_positive_int(factor, "downsample")
     window = []
     for axis, (size, offset, extent, name) in enumerate(
         ((shape[0], crop.top, crop.height, "height"), (shape[1], crop.left, crop.width, "width"))

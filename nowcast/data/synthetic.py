@@ -38,6 +38,7 @@ import numpy as np
 
 from nowcast.config import SyntheticConfig
 from nowcast.data.store import UNDETECT_DBZ, StoreWriter
+from nowcast.data.windows import check_positive_int
 from nowcast.units import rain_to_dbz
 
 START_TIME = np.datetime64("2024-06-01T00:00:00", "s")
@@ -509,8 +510,7 @@ def iter_synthetic_frames(
         UNDETECT_DBZ (-32) where there is no echo; (n,) int64 seconds since 1970-01-01 UTC, every
         minutes_per_frame from 2024-06-01T00:00Z.
     """
-    if int(chunk) != chunk or chunk < 1:
-        raise ValueError(f"chunk must be an integer >= 1, Received: {chunk}")
+    check_positive_int(chunk, "chunk")
     simulator = _Simulator(cfg)
     start = START_TIME.astype(np.int64)
     step_s = round(cfg.minutes_per_frame * 60)

@@ -229,8 +229,7 @@ def split_windows(
             f"Received: {val_fraction} + {test_fraction}"
         )
     fractions["train"] = 1.0 - val_fraction - test_fraction
-    if int(window_length) != window_length or window_length < 1:
-        raise ValueError(f"window_length must be an integer >= 1, Received: {window_length}")
+    check_positive_int(window_length, "window_length")
     if starts.ndim != 1:
         raise ValueError(f"starts must be 1-D, Received: shape={starts.shape}")
     if starts.size and (starts.min() < 0 or starts.max() + window_length > times.size):
