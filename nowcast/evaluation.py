@@ -144,6 +144,17 @@ class _Windows:
     split_from: str
 
 
+def run_baselines(names: list[str], run_cfg: DictConfig) -> dict[str, Callable]:
+    """Name -> forecaster for each baseline in `names`, set up as the run's model is: its
+    number of lead times, and its block-matching reach (`model.advection_max_speed`).
+
+    Raises:
+        ValueError: an unknown name (see `make_baseline`).
+    """
+    n_out, reach = run_cfg.data.n_out, run_cfg.model.advection_max_speed
+    return {name: make_baseline(name, n_out=n_out, max_speed=reach) for name in names}
+
+
 def load_run_config(run_dir: Path) -> DictConfig:
     """The `data` and `model` groups a run was trained with, checked against today's schemas.
 
@@ -539,10 +550,7 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     scoring = scoring_for(quantity, cfg.metrics)
     model = load_checkpoint(run_cfg, checkpoint, (height, width, 1))
     forecasters = {"model": model.predict_on_batch}
-    reach = run_cfg.model.advection_max_speed
-    forecasters.update(
-        {name: make_baseline(name, n_out=n_out, max_speed=reach) for name in cfg.baselines}
-    )
+    forecasters.update(run_baselines(cfg.baselines, run_cfg))
     accumulators = {
         name: VerificationAccumulator(
             n_lead_times=n_out,

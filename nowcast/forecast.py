@@ -45,7 +45,6 @@ import keras
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from nowcast.baselines import make_baseline
 from nowcast.config import NormalisationConfig
 from nowcast.data.convert import FORMATS, ordered_frames, regrid_like, source_grid
 from nowcast.data.sources import SourceError, SourceFrame, find_inputs, iso, open_hdf5
@@ -56,6 +55,7 @@ from nowcast.evaluation import (
     load_run_config,
     plot_scores_versus_lead_time,
     resolve_checkpoint,
+    run_baselines,
     to_physical,
     windows_to_score,
 )
@@ -127,7 +127,7 @@ def _forecasts(
     model: keras.Model, inputs: np.ndarray, baselines: dict[str, Callable]
 ) -> dict[str, np.ndarray]:
     """Method -> (n_out, H, W) forecast on the model's scale, from (n_in, H, W) inputs, by the
-    model and by each baseline (name -> a `make_baseline` forecaster).
+    model and by each baseline (name -> forecaster, as `run_baselines` builds them).
 
     Inputs are on the model's scale with no data as 0, as the input pipeline gives them.
     """
@@ -326,8 +326,7 @@ def plot_run(cfg: DictConfig) -> PlotResult:
 
     model = load_checkpoint(run_cfg, checkpoint, (*frames.shape[1:], 1))
     normalised = normalise(frames, norm)  # NaN (no data) stays NaN
-    reach = run_cfg.model.advection_max_speed
-    baselines = {name: make_baseline(name, n_out=n_out, max_speed=reach) for name in cfg.baselines}
+    baselines = run_baselines(cfg.baselines, run_cfg)
     forecasts = _forecasts(model, np.nan_to_num(normalised[:n_in], nan=0.0), baselines)
     coverage = ~np.isnan(frames[n_in - 1])
     show = partial(display_values, norm=norm, quantity=quantity, units=units)

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from nowcast.config import MetricsConfig, NormalisationConfig, config_dir, register_configs
-from nowcast.evaluation import evaluate, head_to_head, scoring_for, to_physical
+from nowcast.evaluation import evaluate, head_to_head, run_baselines, scoring_for, to_physical
 from nowcast.metrics import categorical_scores
 from nowcast.model import build_model
 from nowcast.units import normalise, rain_to_dbz
@@ -279,3 +279,11 @@ def test_console_script_end_to_end(tiny_run, tmp_path):
         assert method in table
     assert (out / "metrics.json").is_file() and (out / "csi.png").is_file()
     assert list(tmp_path.iterdir()) == [], "nothing is written where the command runs"
+
+
+def test_baselines_are_set_up_as_the_runs_model():
+    run_cfg = OmegaConf.create({"data": {"n_out": 3}, "model": {"advection_max_speed": 2}})
+    baselines = run_baselines(["persistence", "block_matching"], run_cfg)
+    assert list(baselines) == ["persistence", "block_matching"]
+    assert baselines["persistence"].n_out == baselines["block_matching"].n_out == 3
+    assert baselines["block_matching"].max_speed == 2
