@@ -116,30 +116,21 @@ def estimate_motion(frames, max_speed: int):
     return fine * COARSENING
 
 
-def advect(frame, motion, steps: int):
-    """`frame` (B, H, W, C) moved `k` times along `motion` (B, H, W, 2) for k = 1..steps.
+def _bilinear(field, y, x, *, beyond_is_zero: bool):
+    """`field` (B, H, W, C) at positions `y`, `x` (B, H, W) in pixels, bilinearly.
 
-    Each output pixel takes the bilinear value `k` displacements upstream; from beyond the
-    frame comes no echo (0), as in the optical-flow baseline.
-
-    Returns:
-        (B, steps, H, W, C), the dtype of `frame`.
+    Beyond the frame it is 0 with `beyond_is_zero`, else the nearest edge value.
     """
-    height, width, channels = frame.shape[1:]
-    batch = ops.shape(frame)[0]
-    rows, cols = np.meshgrid(
-        np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij"
-    )
-    leads = np.arange(1, steps + 1, dtype=np.float32).reshape(-1, 1, 1)
-    motion = ops.expand_dims(ops.cast(motion, "float32"), 1)  # (B, 1, H, W, 2)
-    y = rows - leads * motion[..., 0]  # (B, steps, H, W): where each pixel comes from
-    x = cols - leads * motion[..., 1]
+    height, width, channels = field.shape[1:]
+    if not beyond_is_zero:
+        y, x = ops.clip(y, 0.0, height - 1.0), ops.clip(x, 0.0, width - 1.0)
     y0, x0 = ops.floor(y), ops.floor(x)
     fy, fx = y - y0, x - x0
     y0, x0 = ops.cast(y0, "int32"), ops.cast(x0, "int32")
-    flat = ops.reshape(ops.cast(frame, "float32"), (-1, channels))
-    offsets = ops.reshape(ops.arange(batch, dtype="int32") * (height * width), (-1, 1, 1, 1))
-    moved = 0.0
+    flat = ops.reshape(field, (-1, channels))
+    batch = ops.shape(field)[0]
+    offsets = ops.reshape(ops.arange(batch, dtype="int32") * (height * width), (-1, 1, 1))
+    value = 0.0
     for dy, dx, weight in (
         (0, 0, (1 - fy) * (1 - fx)),
         (1, 0, fy * (1 - fx)),
@@ -149,5 +140,34 @@ def advect(frame, motion, steps: int):
         yi, xi = y0 + dy, x0 + dx
         inside = (yi >= 0) & (yi < height) & (xi >= 0) & (xi < width)
         index = offsets + ops.clip(yi, 0, height - 1) * width + ops.clip(xi, 0, width - 1)
-        moved = moved + ops.where(inside, weight, 0.0)[..., None] * ops.take(flat, index, axis=0)
-    return ops.cast(moved, frame.dtype)
+        value = value + ops.where(inside, weight, 0.0)[..., None] * ops.take(flat, index, axis=0)
+    return value
+
+
+def advect(frame, motion, steps: int):
+    """`frame` (B, H, W, C) moved along `motion` (B, H, W, 2) for k = 1..steps frames.
+
+    Semi-Lagrangian, as pysteps' extrapolation: each output pixel follows the motion upstream
+    one frame at a time, taking the motion of the place its path has reached (so echo crossing
+    from slow into fast flow speeds up, where one straight step of k times the motion at the
+    output pixel would lose it), and takes the bilinear value where the path ends. From
+    beyond the frame comes no echo (0), as in the optical-flow baseline; paths that leave it
+    go on with the motion at its edge.
+
+    Returns:
+        (B, steps, H, W, C), the dtype of `frame`.
+    """
+    height, width = frame.shape[1:3]
+    rows, cols = np.meshgrid(
+        np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij"
+    )
+    motion = ops.cast(motion, "float32")
+    values = ops.cast(frame, "float32")
+    batch_of_zeros = ops.zeros_like(motion[..., 0])  # (B, H, W)
+    y, x = batch_of_zeros + rows, batch_of_zeros + cols  # where each path has got to
+    moved = []
+    for _ in range(steps):
+        step = _bilinear(motion, y, x, beyond_is_zero=False)
+        y, x = y - step[..., 0], x - step[..., 1]
+        moved.append(_bilinear(values, y, x, beyond_is_zero=True))
+    return ops.cast(ops.stack(moved, axis=1), frame.dtype)

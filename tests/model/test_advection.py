@@ -57,6 +57,20 @@ def test_advect_moves_whole_pixels_exactly_and_brings_no_echo_from_outside():
         np.testing.assert_allclose(moved[1, k - 1], frame[1], atol=1e-6)
 
 
+def test_advect_follows_the_motion_along_the_path_not_only_at_the_end():
+    # Echo in slow flow (1 px/frame) crosses into fast flow (3 px/frame) at column 32. Taking
+    # k times the motion at each output pixel would look 30 px upstream of the fast side and
+    # find nothing; following the path finds the band, stretched as it speeds up.
+    frame = np.zeros((1, 8, 64, 1), np.float32)
+    frame[:, :, 26:30] = 1.0
+    motion = np.zeros((1, 8, 64, 2), np.float32)
+    motion[..., 1] = np.where(np.arange(64) < 32, 1.0, 3.0)
+    moved = keras.ops.convert_to_numpy(advect(frame, motion, 10))[0, -1, :, :, 0]
+    assert moved[:, :40].max() == 0.0
+    wet_columns = np.flatnonzero(moved.max(axis=0) > 0.5)
+    assert wet_columns.size >= 8 and wet_columns.min() >= 44 and wet_columns.max() <= 60
+
+
 def test_with_advection_a_silent_network_forecasts_the_extrapolation():
     model = EncoderForecaster(STAGES, n_out=4, head_filters=4, advection=True)
     frames = _textured_frames((1, 2))
