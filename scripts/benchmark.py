@@ -31,8 +31,9 @@ slower there), on for a GPU and for JAX. The JSON records TF_ENABLE_ONEDNN_OPTS:
 uses oneDNN kernels by default only on CPUs with AVX-512 and the like, and setting it to 1
 changes CPU figures a lot (`make bench` sets it to 1, as `make train` does).
 
-It prints a table and writes a JSON file (default benchmarks/benchmark-<device>-<backend>.json)
-with one entry per preset. `--profile` also traces a few training steps of each build with the
+It prints a table and writes a JSON file with one entry per preset (default
+benchmarks/benchmark-<device>-<backend>[-onednn][-<precision>][-<xla>][-<presets>].json, the
+presets named when not both). `--profile` also traces a few training steps of each build with the
 TensorFlow profiler and prints where the time goes, by op type and by layer.
 """
 
@@ -568,11 +569,18 @@ def print_table(report: dict) -> None:
             )
 
 
-def default_output(device: str, precision: str, jit: str) -> Path:
+def default_output(device: str, precision: str, jit: str, presets: list[str]) -> Path:
+    """Name the file after what changes the figures, so that `make bench --overwrite` replaces
+    only a measurement made the same way: oneDNN on or off, and a subset of the presets."""
     slug = re.sub(r"[^a-z0-9]+", "-", device.split(" (")[0].lower()).strip("-")
     parts = [slug, keras.backend.backend()]
+    onednn = (
+        keras.backend.backend() == "tensorflow" and os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1"
+    )
+    parts += ["onednn"] if onednn else []
     parts += [] if precision == "float32" else [precision]
     parts += [] if jit == "auto" else ["xla" if jit == "on" else "no-xla"]
+    parts += [] if presets == ["default", "hko7"] else presets
     return Path("benchmarks") / f"benchmark-{'-'.join(parts)}.json"
 
 
@@ -590,7 +598,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     keras.mixed_precision.set_global_policy(args.precision)
     device, accelerator = device_name()
-    output = args.output or default_output(device, args.precision, args.jit)
+    output = args.output or default_output(device, args.precision, args.jit, args.presets)
     if output.exists() and not args.overwrite:
         raise SystemExit(f"benchmark: error: {output} exists; pass --overwrite to replace it")
     report = {

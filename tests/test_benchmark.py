@@ -73,3 +73,19 @@ def test_existing_output_is_kept_without_overwrite(benchmark, tmp_path, capsys):
     assert exit_info.value.code != 0
     assert "pass --overwrite" in capsys.readouterr().err
     assert output.read_text() == "{}"
+
+
+def test_default_file_names_what_changes_the_figures(benchmark, monkeypatch):
+    """`make bench` overwrites: a oneDNN run or a subset of presets must not replace another."""
+    device, both = "cpu (x86_64, 2 cores)", ["default", "hko7"]
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    plain = benchmark.default_output(device, "float32", "auto", both)
+    assert plain.name == f"benchmark-cpu-{keras.backend.backend()}.json"
+    subset = benchmark.default_output(device, "mixed_bfloat16", "on", ["default"])
+    assert subset.name.endswith("-mixed_bfloat16-xla-default.json")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    onednn = benchmark.default_output(device, "float32", "auto", both)
+    if keras.backend.backend() == "tensorflow":
+        assert onednn.name == "benchmark-cpu-tensorflow-onednn.json"
+    else:
+        assert onednn == plain
