@@ -121,6 +121,7 @@ PRESETS = {
         3,
     ),
 }
+DEFAULT_PRESETS = ["default", "hko7"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -158,7 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="JSON file (default under benchmarks/)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     args = parser.parse_args(argv)
-    args.presets = args.presets or (["tiny"] if args.quick else ["default", "hko7"])
+    args.presets = args.presets or (["tiny"] if args.quick else DEFAULT_PRESETS)
     args.repeats = args.repeats or (3 if args.quick else 10)
     for name in ("batch", "frame_size", "repeats"):
         value = getattr(args, name)
@@ -573,14 +574,12 @@ def default_output(device: str, precision: str, jit: str, presets: list[str]) ->
     """Name the file after what changes the figures, so that `make bench --overwrite` replaces
     only a measurement made the same way: oneDNN on or off, and a subset of the presets."""
     slug = re.sub(r"[^a-z0-9]+", "-", device.split(" (")[0].lower()).strip("-")
-    parts = [slug, keras.backend.backend()]
-    onednn = (
-        keras.backend.backend() == "tensorflow" and os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1"
-    )
-    parts += ["onednn"] if onednn else []
+    backend = keras.backend.backend()
+    onednn = backend == "tensorflow" and os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1"
+    parts = [slug, backend] + (["onednn"] if onednn else [])
     parts += [] if precision == "float32" else [precision]
     parts += [] if jit == "auto" else ["xla" if jit == "on" else "no-xla"]
-    parts += [] if presets == ["default", "hko7"] else presets
+    parts += [] if presets == DEFAULT_PRESETS else presets
     return Path("benchmarks") / f"benchmark-{'-'.join(parts)}.json"
 
 

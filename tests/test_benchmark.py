@@ -77,7 +77,7 @@ def test_existing_output_is_kept_without_overwrite(benchmark, tmp_path, capsys):
 
 def test_default_file_names_what_changes_the_figures(benchmark, monkeypatch):
     """`make bench` overwrites: a oneDNN run or a subset of presets must not replace another."""
-    device, both = "cpu (x86_64, 2 cores)", ["default", "hko7"]
+    device, both = "cpu (x86_64, 2 cores)", benchmark.DEFAULT_PRESETS
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     plain = benchmark.default_output(device, "float32", "auto", both)
     assert plain.name == f"benchmark-cpu-{keras.backend.backend()}.json"
