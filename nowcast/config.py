@@ -272,6 +272,8 @@ class MetricsConfig:
     Reflectivity stores are scored as rain rates (mm/h), VIL stores in VIL levels; each has its
     thresholds (HKO-7's ladder with 1 mm/h added; SEVIR's). Categorical scores are computed at
     every threshold, the fractions skill score at one over square windows of `fss_scales` pixels.
+    The model's mean CSI minus each baseline's gets a 95 % interval from `bootstrap_samples`
+    resamples of the windows in blocks of `bootstrap_block_hours` (0 samples: none).
     """
 
     thresholds_mmh: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 5.0, 10.0, 30.0])
@@ -279,6 +281,8 @@ class MetricsConfig:
     thresholds_vil: list[float] = field(default_factory=lambda: [16, 74, 133, 160, 181, 219])
     fss_threshold_vil: float = 133.0
     fss_scales: list[int] = field(default_factory=lambda: [5, 20])
+    bootstrap_samples: int = 1000
+    bootstrap_block_hours: float = 3.0
 
 
 @dataclass

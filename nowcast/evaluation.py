@@ -10,7 +10,8 @@ reflectivity stores, VIL levels for VIL stores (`scoring_for`). Everything goes 
 renamed when complete:
 
     metrics.json       every score per lead time (and threshold or scale), the means over lead
-                       times, the raw contingency counts and sums (to merge or recompute), and
+                       times, the raw contingency counts and sums (to merge or recompute), the
+                       bootstrap interval of the model's mean CSI minus each baseline's, and
                        what was scored: run, checkpoint, store, split, thresholds, lead times
     categorical.csv    per method, lead time and threshold: counts, CSI, POD, FAR, HSS, ETS, bias
     continuous.csv     per method and lead time: MSE, MAE, B-MSE, B-MAE, FSS per scale
@@ -59,6 +60,7 @@ from nowcast.metrics import (
     ERROR_SUMS,
     FSS_SUMS,
     VerificationAccumulator,
+    bootstrap_mean_difference,
 )
 from nowcast.model import build_model
 from nowcast.training import resolve_store
@@ -68,6 +70,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAMES = ("best", "last")
 PLOTTED_SCORES = ("csi", "hss")
+BOOTSTRAP_LEVEL = 0.95
 # Config keys every Keras model has; they say nothing about the architecture.
 _GENERIC_MODEL_KEYS = {"name", "trainable", "dtype"}
 
@@ -362,6 +365,38 @@ def _method_record(accumulator: VerificationAccumulator) -> dict:
     }
 
 
+def _bootstrap_block_seconds(metrics_cfg: MetricsConfig) -> int:
+    samples, hours = metrics_cfg.bootstrap_samples, metrics_cfg.bootstrap_block_hours
+    if samples < 0 or not (math.isfinite(hours) and hours * 3600 >= 1):
+        raise ValueError(
+            "metrics.bootstrap_samples must be >= 0 (0: no interval) and "
+            f"metrics.bootstrap_block_hours positive. Received: {samples=}, {hours=}"
+        )
+    return round(hours * 3600)
+
+
+def _bootstrap_record(accumulators: dict, metrics_cfg: MetricsConfig) -> dict | None:
+    """The interval of the model's mean CSI over lead times minus each baseline's."""
+    samples = metrics_cfg.bootstrap_samples
+    if samples == 0:
+        return None
+    model = accumulators["model"].block_contingency
+    return {
+        "score": "csi",
+        "level": BOOTSTRAP_LEVEL,
+        "samples": samples,
+        "block_hours": metrics_cfg.bootstrap_block_hours,
+        "blocks": len(model),
+        "mean_difference_interval": {
+            name: bootstrap_mean_difference(
+                model, accumulator.block_contingency, samples=samples, level=BOOTSTRAP_LEVEL
+            )
+            for name, accumulator in accumulators.items()
+            if name != "model"
+        },
+    }
+
+
 def _fss_column(threshold: float, scale: int) -> str:
     return f"fss_ge{threshold:g}_{scale}px"
 
@@ -460,10 +495,13 @@ def summary_table(record: dict) -> str:
 
 def head_to_head(record: dict, score: str = "csi") -> list[str]:
     """Lines comparing the model's `score` with each baseline's, per threshold: at how many
-    lead times the model is higher, and the model's mean over lead times minus the baseline's."""
+    lead times the model is higher, the model's mean over lead times minus the baseline's, and
+    that difference's bootstrap interval where the record has one for `score`."""
     methods = record["methods"]
     if "model" not in methods or len(methods) < 2:
         return []
+    bootstrap = record.get("bootstrap") or {}
+    intervals = bootstrap["mean_difference_interval"] if bootstrap.get("score") == score else {}
     model = np.asarray(methods["model"]["scores"][score])
     rows = {}
     for method, result in methods.items():
@@ -471,12 +509,23 @@ def head_to_head(record: dict, score: str = "csi") -> list[str]:
             other = np.asarray(result["scores"][score])
             rows[f"{method}: leads won"] = [f"{n}/{len(model)}" for n in (model > other).sum(0)]
             rows[f"{method}: mean diff"] = [f"{d:+.3f}" for d in model.mean(0) - other.mean(0)]
+            if method in intervals:
+                rows[f"{method}: {bootstrap['level']:.0%} interval"] = [
+                    "n/a" if np.isnan(low) else f"{low:+.3f}..{high:+.3f}"
+                    for low, high in np.asarray(intervals[method], dtype=float)
+                ]
     width = max(map(len, rows)) + 2
     title = f"{score.upper()}, model vs"
-    lines = ["", f"{title:<{width}}" + "".join(f"{f'>={t:g}':>12}" for t in record["thresholds"])]
+    lines = ["", f"{title:<{width}}" + "".join(f"{f'>={t:g}':>15}" for t in record["thresholds"])]
     lines += [
-        f"{name:<{width}}" + "".join(f"{v:>12}" for v in values) for name, values in rows.items()
+        f"{name:<{width}}" + "".join(f"{v:>15}" for v in values) for name, values in rows.items()
     ]
+    if intervals:
+        lines += [
+            f"Interval: {bootstrap['samples']} resamples of the {bootstrap['blocks']} blocks of "
+            f"{bootstrap['block_hours']:g} h that hold the windows;",
+            "it spans the weather sampled, not the randomness of training.",
+        ]
     return lines
 
 
@@ -544,9 +593,11 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     windows = windows_to_score(cfg, run_dir, run_cfg)
     n_in, n_out = run_cfg.data.n_in, run_cfg.data.n_out
     norm = run_cfg.data.normalisation
+    block_seconds = _bootstrap_block_seconds(cfg.metrics)
     with open_store(windows.store) as store:
         height, width = store.shape[1:]
         minutes_per_frame, quantity = store.minutes_per_frame, store.quantity
+        blocks = store.times[windows.starts] // block_seconds
     scoring = scoring_for(quantity, cfg.metrics)
     model = load_checkpoint(run_cfg, checkpoint, (height, width, 1))
     forecasters = {"model": model.predict_on_batch}
@@ -568,12 +619,17 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     progress = keras.utils.Progbar(
         windows.starts.size, verbose=1 if cfg.progress else 0, unit_name="window"
     )
+    scored = 0
     for inputs, targets in dataset:
         observation = to_physical(targets, norm, quantity)
+        batch_blocks = blocks[scored : scored + len(inputs)]
         for name, forecast in forecasters.items():
             accumulators[name].update(
-                forecast=to_physical(forecast(inputs), norm, quantity), observation=observation
+                forecast=to_physical(forecast(inputs), norm, quantity),
+                observation=observation,
+                blocks=batch_blocks,
             )
+        scored += len(inputs)
         progress.add(len(inputs))
 
     record = {
@@ -604,6 +660,7 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
         if scoring.balanced
         else None,
         "methods": {name: _method_record(acc) for name, acc in accumulators.items()},
+        "bootstrap": _bootstrap_record(accumulators, cfg.metrics),
     }
     summary = summary_table(record)
     _publish(output_dir, lambda folder: _write_outputs(folder, record, summary))

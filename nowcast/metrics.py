@@ -21,7 +21,8 @@ Conventions shared by every function:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from keras import ops
@@ -70,35 +71,42 @@ def _fields(*, forecast, observation):
     return ops.transpose(forecast, (1, 0, 2, 3)), ops.transpose(observation, (1, 0, 2, 3))
 
 
-def contingency_counts(*, forecast, observation, thresholds: Sequence[float]):
+def contingency_counts(
+    *, forecast, observation, thresholds: Sequence[float], per_sample: bool = False
+):
     """Hits, false alarms, misses and correct negatives per lead time and threshold.
 
     Args:
         forecast, observation: (batch, time, height, width[, 1]) in physical units.
         thresholds: K event thresholds, same units.
+        per_sample: count each sample of the batch apart instead of summing over the batch.
 
     Returns:
-        int32 tensor (time, K, 4), the last axis in the order of `CONTINGENCY_FIELDS`. Pixels
-        where the observation is NaN are not counted.
+        int32 tensor (time, K, 4), or (batch, time, K, 4) with `per_sample`, the last axis in
+        the order of `CONTINGENCY_FIELDS`. Pixels where the observation is NaN are not counted.
     """
     forecast, observation = _fields(forecast=forecast, observation=observation)
-    steps = forecast.shape[0]
-    # (T, B, H, W) -> (T, 1, B*H*W), against thresholds (1, K, 1): event masks (T, K, B*H*W).
-    forecast = ops.reshape(forecast, (steps, 1, -1))
-    observation = ops.reshape(observation, (steps, 1, -1))
-    thresholds = ops.reshape(ops.convert_to_tensor(np.asarray(thresholds, np.float32)), (1, -1, 1))
+    steps, batch = forecast.shape[:2]
+    # (T, B, H, W) -> (T, 1, B, H*W), against thresholds (1, K, 1, 1): event masks (T, K, B, H*W).
+    forecast = ops.reshape(forecast, (steps, 1, batch, -1))
+    observation = ops.reshape(observation, (steps, 1, batch, -1))
+    thresholds = ops.convert_to_tensor(np.asarray(thresholds, np.float32))
+    thresholds = ops.reshape(thresholds, (1, -1, 1, 1))
     valid = ops.isfinite(observation)
     forecast_event = (forecast >= thresholds) & valid
     observed_event = observation >= thresholds  # NaN compares False
 
-    def count(mask):  # (T, K or 1, N) -> (T, K or 1)
+    def count(mask):  # (T, K or 1, B, N) -> (T, K or 1, B)
         return ops.sum(ops.cast(mask, "int32"), axis=-1)
 
     hits = count(forecast_event & observed_event)
     false_alarms = count(forecast_event) - hits
     misses = count(observed_event) - hits
     correct_negatives = count(valid) - hits - false_alarms - misses
-    return ops.stack([hits, false_alarms, misses, correct_negatives], axis=-1)
+    counts = ops.stack([hits, false_alarms, misses, correct_negatives], axis=-1)  # (T, K, B, 4)
+    if per_sample:
+        return ops.transpose(counts, (2, 0, 1, 3))
+    return ops.sum(counts, axis=2)
 
 
 def _ratio(numerator, denominator):
@@ -292,7 +300,10 @@ class VerificationAccumulator:
 
     Holds int64/float64 NumPy totals per lead time: contingency counts per threshold, error
     sums, and FSS sums per scale. Accumulators over different parts of a split (workers,
-    shards) combine with `merge`; the result equals one pass over all the data.
+    shards) combine with `merge`; the result equals one pass over all the data. Updates that
+    name each window's block of time also keep the contingency counts per block
+    (`block_contingency`), from which `bootstrap_mean_difference` tells how far a score would
+    move on another sample of weather.
 
     Args:
         n_lead_times: forecast frames per window.
@@ -323,17 +334,27 @@ class VerificationAccumulator:
         self.contingency = np.zeros((n_lead_times, len(self.thresholds), 4), np.int64)
         self.errors = np.zeros((n_lead_times, len(ERROR_SUMS)), np.float64)
         self.fss = np.zeros((n_lead_times, len(self.fss_scales), len(FSS_SUMS)), np.float64)
+        self.block_contingency: dict[int, np.ndarray] = {}
 
-    def update(self, *, forecast, observation) -> None:
-        """Add one batch: (batch, time, height, width[, 1]) fields in physical units."""
+    def update(self, *, forecast, observation, blocks: Sequence[int] | None = None) -> None:
+        """Add one batch: (batch, time, height, width[, 1]) fields in physical units, and
+        optionally the block (any integer id) each of its windows belongs to."""
         pair = {"forecast": forecast, "observation": observation}
-        if tuple(np.shape(forecast))[1] != self.contingency.shape[0]:
+        shape = tuple(np.shape(forecast))
+        if shape[1] != self.contingency.shape[0]:
             raise ValueError(
-                f"expected {self.contingency.shape[0]} lead times, Received: "
-                f"shape={tuple(np.shape(forecast))}"
+                f"expected {self.contingency.shape[0]} lead times, Received: {shape=}"
             )
-        counts = contingency_counts(**pair, thresholds=self.thresholds)
-        self.contingency += ops.convert_to_numpy(counts).astype(np.int64)
+        if blocks is not None and len(blocks) != shape[0]:
+            raise ValueError(
+                f"expected one block per window, Received: {len(blocks)} blocks, {shape=}"
+            )
+        counts = contingency_counts(**pair, thresholds=self.thresholds, per_sample=True)
+        counts = ops.convert_to_numpy(counts).astype(np.int64)
+        self.contingency += counts.sum(axis=0)
+        if blocks is not None:
+            for block, window in zip(blocks, counts, strict=True):
+                self._add_block(int(block), window)
         self.errors += ops.convert_to_numpy(error_sums(**pair, **self.balanced))
         fss = fss_sums(**pair, threshold=self.fss_threshold, scales=self.fss_scales)
         self.fss += ops.convert_to_numpy(fss)
@@ -348,6 +369,14 @@ class VerificationAccumulator:
         self.contingency += other.contingency
         self.errors += other.errors
         self.fss += other.fss
+        for block, counts in other.block_contingency.items():
+            self._add_block(block, counts)
+
+    def _add_block(self, block: int, counts: np.ndarray) -> None:
+        if block in self.block_contingency:
+            self.block_contingency[block] += counts
+        else:
+            self.block_contingency[block] = counts.copy()
 
     def scores(self) -> dict[str, np.ndarray]:
         """Every score from the totals so far.
@@ -361,3 +390,52 @@ class VerificationAccumulator:
             **continuous_scores(self.errors),
             "fss": fss_scores(self.fss),
         }
+
+
+def bootstrap_mean_difference(
+    blocks: Mapping[int, np.ndarray],
+    other_blocks: Mapping[int, np.ndarray],
+    *,
+    score: str = "csi",
+    samples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> np.ndarray:
+    """Confidence interval of (mean over lead times of `score`) minus the other method's, per
+    threshold, by a block bootstrap: the blocks are drawn with replacement, `samples` times,
+    and both methods are scored on the counts pooled over each draw.
+
+    Blocks of time, not single windows, are drawn because neighbouring windows share frames
+    and weather, so they do not vary independently. The interval covers which weather the
+    split happened to hold, not the randomness of training.
+
+    Args:
+        blocks, other_blocks: block id -> (time, K, 4) contingency counts of each method
+            (`VerificationAccumulator.block_contingency`), over the same blocks.
+        score: one of `CATEGORICAL_SCORES`.
+        samples: bootstrap draws.
+        level: the interval's coverage, e.g. 0.95 for the 2.5th to 97.5th percentiles.
+        seed: draws the resamples, so that the same counts give the same interval.
+
+    Returns:
+        float64 (K, 2): the lower and upper end per threshold; NaN with fewer than 2 blocks.
+    """
+    keys = sorted(blocks)
+    if not keys or keys != sorted(other_blocks):
+        raise ValueError("both methods must be counted over the same blocks, at least one")
+    first, second = (np.stack([counts[k] for k in keys]) for counts in (blocks, other_blocks))
+    if len(keys) < 2:
+        return np.full((first.shape[2], 2), np.nan)
+    # How often each block is drawn in each resample: (samples, blocks).
+    uniform = np.full(len(keys), 1 / len(keys))
+    draws = np.random.default_rng(seed).multinomial(len(keys), uniform, samples)
+
+    def mean_score(counts):  # (blocks, T, K, 4) -> (samples, K)
+        pooled = (draws @ counts.reshape(len(keys), -1)).reshape(samples, *counts.shape[1:])
+        return np.nanmean(categorical_scores(pooled)[score], axis=1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a score undefined throughout: NaN
+        difference = mean_score(first) - mean_score(second)
+        tail = 50 * (1 - level)
+        return np.nanpercentile(difference, [tail, 100 - tail], axis=0).T

@@ -42,6 +42,21 @@ def test_head_to_head_counts_lead_times_won_and_the_mean_difference():
         head_to_head({"thresholds": [1.0], "methods": {"model": record["methods"]["model"]}}) == []
     )
 
+    record["bootstrap"] = {
+        "score": "csi",
+        "level": 0.95,
+        "samples": 1000,
+        "blocks": 8,
+        "block_hours": 3.0,
+        "mean_difference_interval": {"optical_flow": [[-0.0123, 0.0151], [None, None]]},
+    }
+    interval, footnote = head_to_head(record)[4:6]
+    assert interval.split() == ["optical_flow:", "95%", "interval", "-0.012..+0.015", "n/a"]
+    assert footnote.startswith("Interval: 1000 resamples of the 8 blocks of 3 h")
+    for result in record["methods"].values():
+        result["scores"]["hss"] = result["scores"]["csi"]
+    assert len(head_to_head(record, score="hss")) == 4  # the interval is the CSI's
+
 
 @pytest.fixture
 def evaluate_config(tmp_path):
@@ -115,6 +130,14 @@ def test_evaluate_scores_the_run_split_and_baselines(tiny_run, evaluate_config):
         assert np.array(scores["scores"]["fss"]).shape == (3, 2)
     persistence = record["methods"]["persistence"]["mean_over_lead_times"]
     assert 0 < persistence["csi"][0] < 1 and persistence["mse"] > 0
+    # The interval resamples the 3-hour blocks of time that hold the test windows.
+    start_times = split["splits"]["test"]["start_times"]
+    seconds = np.array([t.removesuffix("Z") for t in start_times], "datetime64[s]").astype(int)
+    bootstrap = record["bootstrap"]
+    assert bootstrap["blocks"] == np.unique(seconds // (3 * 3600)).size
+    assert list(bootstrap["mean_difference_interval"]) == METHODS[1:]
+    assert np.array(bootstrap["mean_difference_interval"]["persistence"]).shape == (6, 2)
+    assert "persistence: 95% interval" in result.summary
 
     with open(out / "categorical.csv") as f:
         rows = list(csv.DictReader(f))
@@ -250,6 +273,14 @@ def test_frames_the_model_cannot_take_are_one_line(tiny_run, evaluate_config, tm
     )
     line = fails_with_one_line(lambda: evaluate(cfg), capsys)
     assert "cannot take frames of 33x33 pixels" in line and "not divisible" in line
+    assert not (tmp_path / "evaluation").exists()
+
+
+def test_bad_bootstrap_settings_are_one_line(tiny_run, evaluate_config, tmp_path, capsys):
+    for setting in ("metrics.bootstrap_samples=-1", "metrics.bootstrap_block_hours=0"):
+        cfg = evaluate_config(f"run={tiny_run}", setting)
+        line = fails_with_one_line(lambda cfg=cfg: evaluate(cfg), capsys)
+        assert "metrics.bootstrap_samples must be >= 0" in line, setting
     assert not (tmp_path / "evaluation").exists()
 
 

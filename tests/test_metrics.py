@@ -6,6 +6,7 @@ from pysteps.verification.spatialscores import fss_accum, fss_compute, fss_init
 from nowcast.metrics import (
     CATEGORICAL_SCORES,
     VerificationAccumulator,
+    bootstrap_mean_difference,
     categorical_scores,
     contingency_counts,
     continuous_scores,
@@ -145,6 +146,67 @@ def test_scores_pool_counts_over_batches_and_merge():
     for name, value in whole.scores().items():
         np.testing.assert_allclose(first.scores()[name], value, rtol=1e-12, err_msg=name)
     assert not np.allclose(whole.scores()["csi"], per_batch_mean)
+
+
+def test_counts_per_window_add_up_to_the_batch_and_are_kept_per_block():
+    rng = np.random.default_rng(5)
+    forecast, observation = (rng.gamma(1.0, 2.0, (3, 2, 8, 8)).astype(np.float32) for _ in "fo")
+    observation[1, :, :2] = np.nan
+    pair = dict(forecast=forecast, observation=observation, thresholds=[1.0, 4.0])
+    per_window = np.asarray(contingency_counts(**pair, per_sample=True))
+    assert per_window.shape == (3, 2, 2, 4)
+    np.testing.assert_array_equal(per_window.sum(0), contingency_counts(**pair))
+    np.testing.assert_array_equal(
+        per_window[1],
+        contingency_counts(
+            **{**pair, **{"forecast": forecast[1:2], "observation": observation[1:2]}}
+        ),
+    )
+
+    settings = dict(n_lead_times=2, thresholds=[1.0, 4.0], fss_threshold=1.0, fss_scales=[3])
+    whole, first, second = (VerificationAccumulator(**settings) for _ in range(3))
+    whole.update(forecast=forecast, observation=observation, blocks=[7, 9, 7])
+    first.update(forecast=forecast[:2], observation=observation[:2], blocks=[7, 9])
+    second.update(forecast=forecast[2:], observation=observation[2:], blocks=[7])
+    first.merge(second)
+    for accumulator in (whole, first):
+        assert sorted(accumulator.block_contingency) == [7, 9]
+        np.testing.assert_array_equal(accumulator.block_contingency[7], per_window[[0, 2]].sum(0))
+        np.testing.assert_array_equal(accumulator.block_contingency[9], per_window[1])
+    with pytest.raises(ValueError, match="one block per window"):
+        whole.update(forecast=forecast, observation=observation, blocks=[1, 2])
+
+
+def block_counts(rng, blocks: int, hit_rate: float) -> dict[int, np.ndarray]:
+    """Random (time 2, thresholds 1, 4) tables per block, hits a `hit_rate` share of events."""
+    tables = {}
+    for block in range(blocks):
+        events = rng.integers(50, 150, size=2)
+        hits = rng.binomial(events, hit_rate)
+        false_alarms = rng.integers(10, 40, size=2)
+        tables[block] = np.stack(
+            [hits, false_alarms, events - hits, 1000 - events - false_alarms], -1
+        )[:, None]
+    return tables
+
+
+def test_block_bootstrap_interval_of_a_mean_score_difference():
+    rng = np.random.default_rng(6)
+    better, worse = block_counts(rng, 12, 0.7), block_counts(rng, 12, 0.4)
+    interval = bootstrap_mean_difference(better, worse, samples=400)
+    assert interval.shape == (1, 2) and 0 < interval[0, 0] < interval[0, 1]
+    pooled = [categorical_scores(sum(t.values()))["csi"].mean() for t in (better, worse)]
+    assert interval[0, 0] < pooled[0] - pooled[1] < interval[0, 1]
+    # Same counts, same draws; a method against itself differs by exactly nothing.
+    np.testing.assert_array_equal(interval, bootstrap_mean_difference(better, worse, samples=400))
+    np.testing.assert_array_equal(bootstrap_mean_difference(better, better, samples=50), [[0, 0]])
+    # Wider where the blocks disagree more: half the blocks better, half worse.
+    mixed = {k: (better if k % 2 else worse)[k] for k in better}
+    wide = bootstrap_mean_difference(mixed, block_counts(rng, 12, 0.55), samples=400)
+    assert wide[0, 0] < 0 < wide[0, 1]
+    assert np.isnan(bootstrap_mean_difference({0: better[0]}, {0: worse[0]})).all()
+    with pytest.raises(ValueError, match="same blocks"):
+        bootstrap_mean_difference(better, {0: worse[0]})
 
 
 def test_fields_are_keyword_only_and_must_agree_in_shape():
