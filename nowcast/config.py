@@ -134,7 +134,8 @@ class LossConfig:
     """Weighted sum of named pixel losses on the normalised scale.
 
     `balanced_*` losses weight each pixel by the observed rain rate (Shi et al. 2017):
-    `weights[k]` applies from `thresholds_mmh[k-1]` up to `thresholds_mmh[k]`. `terms` is
+    `weights[k]` applies from `thresholds_mmh[k-1]` up to `thresholds_mmh[k]`; `soft_csi` is
+    one minus a differentiable CSI at each of `thresholds_mmh`. `terms` is
     empty here: OmegaConf merges dicts key by key, so a default term would stay in every option.
     """
 
@@ -143,6 +144,9 @@ class LossConfig:
     weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0])
     # Lead time k (0 first) weighs lead_decay**k, scaled to a mean of 1; 1 weighs all alike.
     lead_decay: float = 1.0
+    # The `soft_csi` term's sigmoid width in dBZ: a forecast this far above a threshold counts
+    # as 0.73 of a yes, this far below as 0.27.
+    soft_csi_width_dbz: float = 2.0
 
 
 @dataclass

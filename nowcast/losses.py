@@ -2,7 +2,11 @@
 
 Targets carry NaN where the radar saw nothing (no-data); those pixels are left out of every loss.
 The balanced losses (B-MSE, B-MAE; Shi et al. 2017) weight each pixel by the observed rain rate so
-that the rare heavy rain is not drowned by the mostly dry or light-rain pixels.
+that the rare heavy rain is not drowned by the mostly dry or light-rain pixels. `soft_csi` scores
+what forecasters score instead of a pixel error: one minus a differentiable critical success index
+at each rain-rate threshold (as Lagerquist and Ebert-Uphoff 2022 build losses from verification
+scores). A pixel error rewards fading an echo whose future is uncertain; the CSI rewards
+forecasting it where it is likely enough to be a hit.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from nowcast.config import LossConfig, NormalisationConfig
 from nowcast.units import rain_threshold_to_normalised
 
 PIXEL_ERRORS: dict[str, Callable] = {"mse": ops.square, "mae": ops.abs}
-LOSS_NAMES = tuple(PIXEL_ERRORS) + tuple(f"balanced_{name}" for name in PIXEL_ERRORS)
+SOFT_CSI = "soft_csi"
+LOSS_NAMES = tuple(PIXEL_ERRORS) + tuple(f"balanced_{name}" for name in PIXEL_ERRORS) + (SOFT_CSI,)
 
 
 def rain_rate_weights(observation, thresholds: Sequence[float], weights: Sequence[float]):
@@ -34,16 +39,54 @@ def rain_rate_weights(observation, thresholds: Sequence[float], weights: Sequenc
     return weight
 
 
+def soft_csi_loss(observation, forecast, valid, thresholds: Sequence[float], width: float):
+    """1 - CSI at each threshold, from soft counts over the batch, per lead time.
+
+    A forecast pixel counts as `sigmoid((forecast - threshold) / width)` of a yes, so hits,
+    misses and false alarms are differentiable; they are summed over the batch and the frame
+    before the ratio, as the verification sums contingency counts over windows. One pixel's
+    worth in the numerator and denominator keeps a lead time with no rain at 0.
+
+    Args:
+        observation: observed values on the normalised scale (batch, time, ...), 0 where no data.
+        forecast: forecast values of the same shape.
+        valid: 1.0 where the observation has data, else 0.0, same shape.
+        thresholds: thresholds on the same scale.
+        width: the sigmoid's width on the same scale.
+
+    Returns:
+        (time,) the mean over thresholds of 1 - soft CSI; a rank-2 input is one lead time.
+    """
+    if len(observation.shape) == 2:
+        observation, forecast, valid = (
+            ops.expand_dims(x, 1) for x in (observation, forecast, valid)
+        )
+    axes = (0, *range(2, len(observation.shape)))  # all but time
+    losses = []
+    for threshold in thresholds:
+        yes = ops.where(valid > 0, ops.sigmoid((forecast - threshold) / width), 0.0)
+        observed = ops.cast(observation >= threshold, forecast.dtype) * valid
+        hits = ops.sum(yes * observed, axis=axes)
+        union = ops.sum(yes, axis=axes) + ops.sum(observed, axis=axes) - hits
+        losses.append(1.0 - (hits + 1.0) / (union + 1.0))
+    return ops.mean(ops.stack(losses), axis=0)
+
+
 @keras.saving.register_keras_serializable(package="nowcast")
 class PixelLoss(keras.losses.Loss):
     """Weighted sum of pixel losses, averaged over the valid (finite) target pixels of a sample.
 
+    The `soft_csi` term (see `soft_csi_loss`) is a score of the whole batch, not of a sample:
+    each sample carries it whole, so the batch mean adds it once.
+
     Args:
         terms: loss name -> coefficient, names from `LOSS_NAMES`.
-        thresholds: rain-rate thresholds on the normalised scale for the balanced losses.
+        thresholds: rain-rate thresholds on the normalised scale for the balanced losses and
+            the soft CSI.
         weights: the balanced losses' weight per rain-rate interval (len(thresholds) + 1).
         lead_decay: lead time k (0 first) weighs lead_decay**k, scaled to a mean of 1 over
             the forecast's lead times (so the loss keeps its size); 1 weighs them all alike.
+        csi_width: the soft CSI's sigmoid width on the normalised scale.
 
     Call arguments:
         y_true: observations (batch, time, height, width, channels), NaN where no data.
@@ -58,6 +101,7 @@ class PixelLoss(keras.losses.Loss):
         thresholds: Sequence[float] = (),
         weights: Sequence[float] = (1.0,),
         lead_decay: float = 1.0,
+        csi_width: float = 2.0 / 70.0,
         name: str = "pixel_loss",
         **kwargs,
     ):
@@ -77,10 +121,21 @@ class PixelLoss(keras.losses.Loss):
             raise ValueError(
                 f"lead_decay must be a positive number (1: equal weights). Received: {lead_decay=}"
             )
+        if SOFT_CSI in terms and not (thresholds and math.isfinite(csi_width) and csi_width > 0):
+            raise ValueError(
+                "the soft_csi loss needs at least one threshold and a positive width. "
+                f"Received: thresholds={list(thresholds)}, {csi_width=}"
+            )
         self.terms = {name: float(coef) for name, coef in terms.items()}
         self.thresholds = [float(t) for t in thresholds]
         self.weights = [float(w) for w in weights]
         self.lead_decay = float(lead_decay)
+        self.csi_width = float(csi_width)
+
+    def _lead_weights(self, steps: int) -> list[float]:
+        """One weight per lead time, lead_decay**k scaled to a mean of 1."""
+        weights = [self.lead_decay**k for k in range(steps)]
+        return [w * steps / sum(weights) for w in weights]
 
     def call(self, y_true, y_pred):
         valid = ops.isfinite(y_true)
@@ -89,18 +144,25 @@ class PixelLoss(keras.losses.Loss):
         error = ops.where(valid, y_pred - observation, 0.0)
         mask = ops.cast(valid, y_pred.dtype)
         balance = rain_rate_weights(observation, self.thresholds, self.weights) * mask
-        total = 0.0
+        total = ops.zeros_like(error)
         for name, coef in self.terms.items():
+            if name == SOFT_CSI:
+                continue
             pixel_loss = PIXEL_ERRORS[name.removeprefix("balanced_")](error)
             weight = balance if name.startswith("balanced_") else mask
             total = total + coef * pixel_loss * weight
         if self.lead_decay != 1.0:
-            weights = [self.lead_decay**k for k in range(y_true.shape[1])]
-            weights = [w * len(weights) / sum(weights) for w in weights]
             per_lead = (1, -1) + (1,) * (len(y_true.shape) - 2)
-            total = total * ops.reshape(ops.array(weights, total.dtype), per_lead)
+            weights = ops.array(self._lead_weights(y_true.shape[1]), total.dtype)
+            total = total * ops.reshape(weights, per_lead)
         axes = tuple(range(1, len(y_true.shape)))
-        return ops.sum(total, axis=axes) / ops.maximum(ops.sum(mask, axis=axes), 1.0)
+        per_sample = ops.sum(total, axis=axes) / ops.maximum(ops.sum(mask, axis=axes), 1.0)
+        if SOFT_CSI in self.terms:
+            per_lead = soft_csi_loss(observation, y_pred, mask, self.thresholds, self.csi_width)
+            leads = per_lead.shape[0]
+            weights = ops.array(self._lead_weights(leads), per_lead.dtype)
+            per_sample = per_sample + self.terms[SOFT_CSI] * ops.sum(per_lead * weights) / leads
+        return per_sample
 
     def get_config(self) -> dict:
         return {
@@ -109,10 +171,19 @@ class PixelLoss(keras.losses.Loss):
             "thresholds": self.thresholds,
             "weights": self.weights,
             "lead_decay": self.lead_decay,
+            "csi_width": self.csi_width,
         }
 
 
 def make_loss(loss_cfg: LossConfig, norm: NormalisationConfig) -> PixelLoss:
-    """The configured loss, with its rain-rate thresholds (mm/h) put on the model's scale."""
+    """The configured loss, with its rain-rate thresholds (mm/h) and soft-CSI width (dBZ) put on
+    the model's scale."""
     thresholds = [rain_threshold_to_normalised(t, norm) for t in loss_cfg.thresholds_mmh]
-    return PixelLoss(dict(loss_cfg.terms), thresholds, list(loss_cfg.weights), loss_cfg.lead_decay)
+    width = loss_cfg.soft_csi_width_dbz / (norm.dbz_max - norm.dbz_min)
+    return PixelLoss(
+        dict(loss_cfg.terms),
+        thresholds,
+        list(loss_cfg.weights),
+        loss_cfg.lead_decay,
+        csi_width=width,
+    )

@@ -85,3 +85,55 @@ def test_lead_decay_weighs_early_lead_times_more_and_keeps_the_loss_size():
     )
     with pytest.raises(ValueError, match="lead_decay must be a positive number"):
         PixelLoss({"mse": 1.0}, lead_decay=0.0)
+
+
+def test_soft_csi_is_one_minus_the_csi_of_the_summed_counts_when_sharp():
+    rng = np.random.default_rng(0)
+    y_true = rng.uniform(0, 1, (3, 2, 8, 8, 1)).astype("float32")
+    y_pred = rng.uniform(0, 1, (3, 2, 8, 8, 1)).astype("float32")
+    thresholds = [0.3, 0.7]
+    loss = PixelLoss({"soft_csi": 1.0}, thresholds, [1.0, 1.0, 1.0], csi_width=1e-6)
+    expected = []
+    for lead in range(2):
+        per_threshold = []
+        for t in thresholds:
+            yes, observed = y_pred[:, lead] >= t, y_true[:, lead] >= t
+            hits = np.sum(yes & observed)
+            misses, false_alarms = np.sum(~yes & observed), np.sum(yes & ~observed)
+            per_threshold.append(1 - (hits + 1) / (hits + misses + false_alarms + 1))
+        expected.append(np.mean(per_threshold))
+    # The batch's score, carried whole by every sample.
+    per_sample = ops.convert_to_numpy(loss.call(y_true, y_pred))
+    np.testing.assert_allclose(per_sample, np.mean(expected), rtol=1e-5)
+    np.testing.assert_allclose(float(loss(y_true, y_pred)), np.mean(expected), rtol=1e-5)
+
+
+def test_soft_csi_rewards_raising_a_miss_and_penalises_a_false_alarm():
+    import tensorflow as tf
+
+    # Pixels: a hit, a miss (observed, forecast below) and a false alarm; the last is no data.
+    y_true = keras.ops.convert_to_tensor(np.array([[0.8, 0.8, 0.1, np.nan]], "float32"))
+    y_pred = tf.Variable([[0.8, 0.45, 0.55, 0.9]])
+    loss = PixelLoss({"soft_csi": 1.0}, [0.5], [1.0, 1.0], csi_width=0.05)
+    with tf.GradientTape() as tape:
+        value = loss(y_true, y_pred)
+    grad = tape.gradient(value, y_pred).numpy()[0]
+    assert 0 < float(value) < 1
+    assert grad[1] < 0 < grad[2]  # raise the miss, lower the false alarm
+    assert grad[3] == 0.0  # no-data pixels count for nothing
+    perfect = PixelLoss({"soft_csi": 1.0}, [0.5], [1.0, 1.0], csi_width=1e-3)
+    assert float(perfect(y_true, y_true)) < 1e-6
+
+
+def test_soft_csi_from_config_uses_mm_per_hour_thresholds_and_dbz_width():
+    norm = NormalisationConfig()
+    cfg = LossConfig(terms={"soft_csi": 1.0}, thresholds_mmh=[30.0], weights=[1.0, 30.0])
+    loss = make_loss(cfg, norm)
+    assert loss.thresholds == [pytest.approx(rain_threshold_to_normalised(30.0, norm))]
+    assert loss.csi_width == pytest.approx(2.0 / 70.0)
+    again = PixelLoss.from_config(loss.get_config())
+    assert again.csi_width == loss.csi_width and again.terms == loss.terms
+    with pytest.raises(ValueError, match="soft_csi loss needs at least one threshold"):
+        PixelLoss({"soft_csi": 1.0})
+    with pytest.raises(ValueError, match="positive width"):
+        PixelLoss({"soft_csi": 1.0}, [0.5], [1.0, 1.0], csi_width=0.0)
