@@ -40,6 +40,9 @@ def test_every_loss_option_builds(compose_config, loss):
 def test_loss_options_hold_only_their_terms_and_combine_on_the_command_line(compose_config):
     assert compose_config("loss=mae").loss.terms == {"mae": 1.0}
     assert compose_config("loss=balanced").loss.terms == {"balanced_mse": 1.0, "balanced_mae": 1.0}
+    default = compose_config().loss  # balanced_csi: the balanced losses plus the soft CSI
+    assert default.terms == {"balanced_mse": 1.0, "balanced_mae": 1.0, "soft_csi": 0.5}
+    assert default.lead_decay == compose_config("loss=balanced").loss.lead_decay == 0.9
     combined = compose_config("loss=mse", "+loss.terms.balanced_mae=0.5").loss.terms
     assert combined == {"mse": 1.0, "balanced_mae": 0.5}
 
