@@ -123,7 +123,8 @@ class PixelLoss(keras.losses.Loss):
             )
         if SOFT_CSI in terms and not (thresholds and math.isfinite(csi_width) and csi_width > 0):
             raise ValueError(
-                "the soft_csi loss needs at least one threshold and a positive width. "
+                "the soft_csi loss needs at least one threshold and a positive width "
+                "(loss.thresholds_mmh, loss.soft_csi_width_dbz). "
                 f"Received: thresholds={list(thresholds)}, {csi_width=}"
             )
         self.terms = {name: float(coef) for name, coef in terms.items()}

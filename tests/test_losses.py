@@ -135,5 +135,5 @@ def test_soft_csi_from_config_uses_mm_per_hour_thresholds_and_dbz_width():
     assert again.csi_width == loss.csi_width and again.terms == loss.terms
     with pytest.raises(ValueError, match="soft_csi loss needs at least one threshold"):
         PixelLoss({"soft_csi": 1.0})
-    with pytest.raises(ValueError, match="positive width"):
-        PixelLoss({"soft_csi": 1.0}, [0.5], [1.0, 1.0], csi_width=0.0)
+    with pytest.raises(ValueError, match=r"positive width \(loss.thresholds_mmh, loss.soft_csi"):
+        make_loss(LossConfig(terms={"soft_csi": 1.0}, soft_csi_width_dbz=0.0), norm)
