@@ -12,6 +12,10 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+# Rain-rate thresholds (mm/h) that forecasts are scored at, and trained for by the soft CSI:
+# HKO-7's ladder with 1 mm/h added.
+RAIN_LADDER_MMH = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
 # Keys that older runs' config.yaml may hold and the schemas no longer have. A key goes here
 # when it is removed, so those runs still resume and evaluate.
 RETIRED_KEYS = (
@@ -135,7 +139,7 @@ class LossConfig:
 
     `balanced_*` losses weight each pixel by the observed rain rate (Shi et al. 2017):
     `weights[k]` applies from `thresholds_mmh[k-1]` up to `thresholds_mmh[k]`; `soft_csi` is
-    one minus a differentiable CSI at each of `thresholds_mmh`. `terms` is
+    one minus a differentiable CSI at each of `soft_csi_thresholds_mmh`. `terms` is
     empty here: OmegaConf merges dicts key by key, so a default term would stay in every option.
     """
 
@@ -147,6 +151,9 @@ class LossConfig:
     # The `soft_csi` term's sigmoid width in dBZ: a forecast this far above a threshold counts
     # as 0.73 of a yes, this far below as 0.27.
     soft_csi_width_dbz: float = 2.0
+    # The evaluation's ladder: with only the heavier thresholds, the sigmoid scores light rain
+    # just below the lowest one as part of a false alarm and the term drags it down.
+    soft_csi_thresholds_mmh: list[float] = field(default_factory=lambda: list(RAIN_LADDER_MMH))
 
 
 @dataclass
@@ -280,7 +287,7 @@ class MetricsConfig:
     resamples of the windows in blocks of `bootstrap_block_hours` (0 samples: none).
     """
 
-    thresholds_mmh: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 5.0, 10.0, 30.0])
+    thresholds_mmh: list[float] = field(default_factory=lambda: list(RAIN_LADDER_MMH))
     fss_threshold_mmh: float = 1.0
     thresholds_vil: list[float] = field(default_factory=lambda: [16, 74, 133, 160, 181, 219])
     fss_threshold_vil: float = 133.0

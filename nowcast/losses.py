@@ -81,12 +81,13 @@ class PixelLoss(keras.losses.Loss):
 
     Args:
         terms: loss name -> coefficient, names from `LOSS_NAMES`.
-        thresholds: rain-rate thresholds on the normalised scale for the balanced losses and
-            the soft CSI.
+        thresholds: rain-rate thresholds on the normalised scale for the balanced losses.
         weights: the balanced losses' weight per rain-rate interval (len(thresholds) + 1).
         lead_decay: lead time k (0 first) weighs lead_decay**k, scaled to a mean of 1 over
             the forecast's lead times (so the loss keeps its size); 1 weighs them all alike.
         csi_width: the soft CSI's sigmoid width on the normalised scale.
+        csi_thresholds: the soft CSI's thresholds on the normalised scale; None takes
+            `thresholds` (as models saved before this argument did).
 
     Call arguments:
         y_true: observations (batch, time, height, width, channels), NaN where no data.
@@ -102,6 +103,7 @@ class PixelLoss(keras.losses.Loss):
         weights: Sequence[float] = (1.0,),
         lead_decay: float = 1.0,
         csi_width: float = 2.0 / 70.0,
+        csi_thresholds: Sequence[float] | None = None,
         name: str = "pixel_loss",
         **kwargs,
     ):
@@ -121,17 +123,21 @@ class PixelLoss(keras.losses.Loss):
             raise ValueError(
                 f"lead_decay must be a positive number (1: equal weights). Received: {lead_decay=}"
             )
-        if SOFT_CSI in terms and not (thresholds and math.isfinite(csi_width) and csi_width > 0):
+        csi_thresholds = thresholds if csi_thresholds is None else csi_thresholds
+        if SOFT_CSI in terms and not (
+            csi_thresholds and math.isfinite(csi_width) and csi_width > 0
+        ):
             raise ValueError(
                 "the soft_csi loss needs at least one threshold and a positive width "
-                "(loss.thresholds_mmh, loss.soft_csi_width_dbz). "
-                f"Received: thresholds={list(thresholds)}, {csi_width=}"
+                "(loss.soft_csi_thresholds_mmh, loss.soft_csi_width_dbz). "
+                f"Received: csi_thresholds={list(csi_thresholds)}, {csi_width=}"
             )
         self.terms = {name: float(coef) for name, coef in terms.items()}
         self.thresholds = [float(t) for t in thresholds]
         self.weights = [float(w) for w in weights]
         self.lead_decay = float(lead_decay)
         self.csi_width = float(csi_width)
+        self.csi_thresholds = [float(t) for t in csi_thresholds]
 
     def _lead_weights(self, steps: int) -> list[float]:
         """One weight per lead time, lead_decay**k scaled to a mean of 1."""
@@ -159,7 +165,9 @@ class PixelLoss(keras.losses.Loss):
         axes = tuple(range(1, len(y_true.shape)))
         per_sample = ops.sum(total, axis=axes) / ops.maximum(ops.sum(mask, axis=axes), 1.0)
         if SOFT_CSI in self.terms:
-            per_lead = soft_csi_loss(observation, y_pred, mask, self.thresholds, self.csi_width)
+            per_lead = soft_csi_loss(
+                observation, y_pred, mask, self.csi_thresholds, self.csi_width
+            )
             leads = per_lead.shape[0]
             weights = ops.array(self._lead_weights(leads), per_lead.dtype)
             per_sample = per_sample + self.terms[SOFT_CSI] * ops.sum(per_lead * weights) / leads
@@ -173,6 +181,7 @@ class PixelLoss(keras.losses.Loss):
             "weights": self.weights,
             "lead_decay": self.lead_decay,
             "csi_width": self.csi_width,
+            "csi_thresholds": self.csi_thresholds,
         }
 
 
@@ -180,6 +189,9 @@ def make_loss(loss_cfg: LossConfig, norm: NormalisationConfig) -> PixelLoss:
     """The configured loss, with its rain-rate thresholds (mm/h) and soft-CSI width (dBZ) put on
     the model's scale."""
     thresholds = [rain_threshold_to_normalised(t, norm) for t in loss_cfg.thresholds_mmh]
+    csi_thresholds = [
+        rain_threshold_to_normalised(t, norm) for t in loss_cfg.soft_csi_thresholds_mmh
+    ]
     width = loss_cfg.soft_csi_width_dbz / (norm.dbz_max - norm.dbz_min)
     return PixelLoss(
         dict(loss_cfg.terms),
@@ -187,4 +199,5 @@ def make_loss(loss_cfg: LossConfig, norm: NormalisationConfig) -> PixelLoss:
         list(loss_cfg.weights),
         loss_cfg.lead_decay,
         csi_width=width,
+        csi_thresholds=csi_thresholds,
     )

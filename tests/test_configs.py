@@ -6,7 +6,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from nowcast.config import config_dir, register_configs
+from nowcast.config import MetricsConfig, config_dir, register_configs
 from nowcast.losses import make_loss
 from nowcast.model import build_model
 from nowcast.training import make_optimizer
@@ -41,6 +41,7 @@ def test_loss_options_hold_only_their_terms_and_combine_on_the_command_line(comp
     assert compose_config("loss=mae").loss.terms == {"mae": 1.0}
     assert compose_config("loss=balanced").loss.terms == {"balanced_mse": 1.0, "balanced_mae": 1.0}
     default = compose_config().loss  # balanced_csi: the balanced losses plus the soft CSI
+    assert default.soft_csi_thresholds_mmh == MetricsConfig().thresholds_mmh  # trained as scored
     assert default.terms == {"balanced_mse": 1.0, "balanced_mae": 1.0, "soft_csi": 0.5}
     assert default.lead_decay == compose_config("loss=balanced").loss.lead_decay == 0.9
     combined = compose_config("loss=mse", "+loss.terms.balanced_mae=0.5").loss.terms

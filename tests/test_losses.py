@@ -125,15 +125,28 @@ def test_soft_csi_rewards_raising_a_miss_and_penalises_a_false_alarm():
     assert float(perfect(y_true, y_true)) < 1e-6
 
 
-def test_soft_csi_from_config_uses_mm_per_hour_thresholds_and_dbz_width():
+def test_soft_csi_from_config_uses_its_own_mm_per_hour_thresholds_and_dbz_width():
     norm = NormalisationConfig()
-    cfg = LossConfig(terms={"soft_csi": 1.0}, thresholds_mmh=[30.0], weights=[1.0, 30.0])
+    cfg = LossConfig(
+        terms={"soft_csi": 1.0},
+        thresholds_mmh=[30.0],
+        weights=[1.0, 30.0],
+        soft_csi_thresholds_mmh=[1.0, 10.0],
+    )
     loss = make_loss(cfg, norm)
     assert loss.thresholds == [pytest.approx(rain_threshold_to_normalised(30.0, norm))]
+    assert loss.csi_thresholds == [
+        pytest.approx(rain_threshold_to_normalised(t, norm)) for t in (1.0, 10.0)
+    ]
     assert loss.csi_width == pytest.approx(2.0 / 70.0)
     again = PixelLoss.from_config(loss.get_config())
-    assert again.csi_width == loss.csi_width and again.terms == loss.terms
+    assert again.get_config() == loss.get_config()
+    # A loss saved before the soft CSI had thresholds of its own scored at the balanced ones.
+    saved_before = {k: v for k, v in loss.get_config().items() if k != "csi_thresholds"}
+    assert PixelLoss.from_config(saved_before).csi_thresholds == loss.thresholds
     with pytest.raises(ValueError, match="soft_csi loss needs at least one threshold"):
         PixelLoss({"soft_csi": 1.0})
-    with pytest.raises(ValueError, match=r"positive width \(loss.thresholds_mmh, loss.soft_csi"):
+    with pytest.raises(ValueError, match=r"\(loss.soft_csi_thresholds_mmh, loss.soft_csi_width"):
         make_loss(LossConfig(terms={"soft_csi": 1.0}, soft_csi_width_dbz=0.0), norm)
+    with pytest.raises(ValueError, match="soft_csi loss needs at least one threshold"):
+        make_loss(LossConfig(terms={"soft_csi": 1.0}, soft_csi_thresholds_mmh=[]), norm)
