@@ -22,6 +22,12 @@ RETIRED_KEYS = (
     # Never read by training, which orders windows itself (nowcast.training.window_order).
     "data.shuffle_buffer",
 )
+# Keys added since, whose value older runs took from another key: new key -> that key. Filled
+# in when such a config.yaml is read, so a resumed run keeps the settings it was trained with.
+INHERITED_KEYS = {
+    # The soft CSI was scored at the balanced losses' thresholds.
+    "loss.soft_csi_thresholds_mmh": "loss.thresholds_mmh",
+}
 
 
 def config_dir() -> Path:
@@ -393,11 +399,16 @@ def register_configs() -> None:
 
 
 def read_saved_config(path: str | Path) -> DictConfig:
-    """A run's saved config.yaml, without the keys that later versions removed (RETIRED_KEYS)."""
+    """A run's saved config.yaml, without the keys that later versions removed (RETIRED_KEYS)
+    and with those they added filled in as the run had them (INHERITED_KEYS)."""
     cfg = OmegaConf.load(path)
     for key in RETIRED_KEYS:
         parent, _, name = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if isinstance(node, DictConfig) and name in node:
             del node[name]
+    for key, source in INHERITED_KEYS.items():
+        value = OmegaConf.select(cfg, source)
+        if value is not None and OmegaConf.select(cfg, key) is None:
+            OmegaConf.update(cfg, key, value)
     return cfg

@@ -194,6 +194,19 @@ def test_resume_takes_a_config_saved_with_keys_removed_since(reference, tmp_path
     assert "shuffle_buffer" not in cfg.data and cfg.data.n_out == 3
 
 
+def test_resume_keeps_the_soft_csi_thresholds_of_a_run_saved_before_they_had_a_key(
+    reference, tmp_path
+):
+    saved = OmegaConf.load(reference.run_dir / "config.yaml")
+    del saved.loss["soft_csi_thresholds_mmh"]  # config.yaml before the key: the balanced ones
+    saved.loss.thresholds_mmh = [2.0, 5.0, 10.0, 30.0]
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    assert resume_config(tmp_path).loss.soft_csi_thresholds_mmh == [2.0, 5.0, 10.0, 30.0]
+    assert resume_config(reference.run_dir).loss.soft_csi_thresholds_mmh == [
+        0.5, 1.0, 2.0, 5.0, 10.0, 30.0
+    ]  # fmt: skip
+
+
 class PoisonWeights(keras.callbacks.Callback):
     """Sets the output kernel to NaN before the given step of the given epoch."""
 
