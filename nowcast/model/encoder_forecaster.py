@@ -279,7 +279,7 @@ class EncoderForecaster(keras.Model):
             self.upsamplers[k].build(state)
             channels = stage["filters"]
         frame = (None, *input_shape[2:4])
-        odd = any(side is not None and side % 2 for side in (height, width))
+        odd = any(side is not None and side % 2 for side in frame[1:])
         if self.advection and (input_shape[-1] != self.out_channels or odd):
             raise ValueError(
                 "advection adds the forecast to the moved newest frame, which it matches on "

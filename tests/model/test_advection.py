@@ -101,3 +101,15 @@ def test_with_advection_a_silent_network_forecasts_the_extrapolation():
 def test_advection_rejects_what_it_cannot_extrapolate(kwargs, shape, match):
     with pytest.raises(ValueError, match=match):
         EncoderForecaster(STAGES, n_out=2, advection=True, **kwargs)(np.zeros(shape, "float32"))
+
+
+def test_advection_takes_even_frames_whose_bottom_stage_is_odd():
+    """KNMI's central 760 x 696 pixels are 95 x 87 after three stride-2 stages: the even-side
+    rule is about the frame that advection matches on 2x2 means, not about the bottom stage."""
+    stages = [dict(STAGES[0]), dict(STAGES[0])]
+    model = EncoderForecaster(stages, n_out=2, head_filters=4, advection=True)
+    forecast = model(np.zeros((1, 3, 12, 20, 1), "float32"))  # bottom stage 3 x 5
+    assert tuple(forecast.shape) == (1, 2, 12, 20, 1)
+    with pytest.raises(ValueError, match="even frame sides"):
+        unstrided = [dict(STAGES[0], downsample_stride=1)]
+        EncoderForecaster(unstrided, n_out=2, advection=True).build((None, 3, 15, 14, 1))
