@@ -85,6 +85,9 @@ class DataConfig:
     less, so more steps fit in the same time, and large composites fit in memory. Validation,
     test and evaluation use whole frames, so the model must be fully convolutional (no
     peephole, `model.recurrent=fused`) and the patch divisible by its downsample strides.
+    Windows with less than `min_valid_fraction` of their pixels valid are left out, counted
+    over the whole grid (`valid_fraction_of: grid`) or over the radars' coverage
+    (`coverage`: a composite's radars see only part of its rectangular grid).
     """
 
     name: str = MISSING
@@ -94,6 +97,7 @@ class DataConfig:
     stride: int = 1
     batch_size: int = 8
     min_valid_fraction: float = 0.5
+    valid_fraction_of: str = "grid"
     min_wet_fraction: float = 0.0
     wet_threshold: float = 7.0
     dry_weight: float = 0.0
@@ -308,9 +312,11 @@ class EvaluateConfig:
 
     `data` is empty by default: the run's own windows (its split.json) are scored. Selecting a
     data option scores another store, split by that option's settings; the window lengths and
-    normalisation always come from the run, since the model was trained on them. `baselines`:
-    persistence, optical_flow (pysteps) and block_matching (the extrapolation that a model
-    with `model.advection` corrects, scored alone), any of them.
+    normalisation always come from the run, since the model was trained on them. `split=all`
+    scores every valid window of the store (`data.min_valid_fraction`), unsplit: for a store
+    the run was not trained on. `baselines`: persistence, optical_flow (pysteps) and
+    block_matching (the extrapolation that a model with `model.advection` corrects, scored
+    alone), any of them.
     """
 
     run: str = MISSING
@@ -335,7 +341,8 @@ class PlotConfig:
     UTC time of its newest input frame (e.g. 2024-06-01T12:00); null picks the wettest.
     `format`: gif or mp4 (an animation, plus a still) or png (the still alone). `units`: mm/h
     or dBZ for reflectivity runs (null: mm/h). `evaluation`: where `nowcast-evaluate` wrote
-    metrics.json, for the skill plots. `data` selects another store, as for evaluate.
+    metrics.json, for the skill plots. `data` selects another store, and `split=all` every
+    valid window of it, as for evaluate.
     """
 
     run: str = MISSING

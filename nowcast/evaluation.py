@@ -48,9 +48,9 @@ from nowcast.config import (
     NormalisationConfig,
     read_saved_config,
 )
-from nowcast.data.pipeline import WindowDataset, WindowReader, select_windows
+from nowcast.data.pipeline import WindowDataset, WindowReader, select_windows, valid_windows
 from nowcast.data.store import REFLECTIVITY, VIL, open_store
-from nowcast.data.windows import SPLITS
+from nowcast.data.windows import ALL_WINDOWS, SPLITS
 from nowcast.metrics import (
     BALANCED_THRESHOLDS_MMH,
     BALANCED_WEIGHTS,
@@ -306,10 +306,14 @@ def _windows_from_split_file(split_file: Path, split: str, data_cfg: DictConfig)
 
 
 def _windows_from_data_config(data_cfg: DictConfig, split: str) -> _Windows:
-    """The windows of `split` when the store is split by `data_cfg`'s settings."""
+    """The windows of `split` when the store is split by `data_cfg`'s settings, or every valid
+    window of the store for split=all."""
     store_path = resolve_store(data_cfg)
     with open_store(store_path) as store:
-        starts = select_windows(store, data_cfg).starts[split]
+        if split == ALL_WINDOWS:
+            starts = valid_windows(store, data_cfg)
+        else:
+            starts = select_windows(store, data_cfg).starts[split]
     return _Windows(store_path, starts, data_cfg, "data config")
 
 
@@ -317,12 +321,17 @@ def windows_to_score(cfg: DictConfig, run_dir: Path, run_cfg: DictConfig) -> _Wi
     """The run's own windows of `cfg.split` (split.json), or those of the store `cfg.data` names.
 
     With `cfg.data` set, the window lengths and normalisation still come from the run.
+    split=all takes every valid window of the store (`data.min_valid_fraction` of its pixels
+    valid), unsplit: for a store the run was not trained on.
     """
-    if cfg.split not in SPLITS:
-        raise ValueError(f"unknown split, allowed: {', '.join(SPLITS)}. Received: {cfg.split!r}")
+    if cfg.split not in (*SPLITS, ALL_WINDOWS):
+        allowed = ", ".join((*SPLITS, ALL_WINDOWS))
+        raise ValueError(f"unknown split, allowed: {allowed}. Received: {cfg.split!r}")
     if cfg.data is not None:
         from_run = {key: run_cfg.data[key] for key in ("n_in", "n_out", "normalisation")}
         windows = _windows_from_data_config(OmegaConf.merge(cfg.data, from_run), cfg.split)
+    elif cfg.split == ALL_WINDOWS:
+        windows = _windows_from_data_config(run_cfg.data, cfg.split)
     elif (run_dir / "split.json").is_file():
         windows = _windows_from_split_file(run_dir / "split.json", cfg.split, run_cfg.data)
     else:
@@ -466,7 +475,8 @@ def summary_table(record: dict) -> str:
     methods, data, leads = record["methods"], record["data"], record["lead_times_min"]
     width = max(12, *(len(m) for m in methods)) + 2
     lines = [
-        f"{data['split']} split of {data['store']}: {data['windows']} windows, lead times "
+        f"{data['split']} split of {data['store']}: {data['windows']} windows with at least "
+        f"{data['min_valid_fraction']:g} of the {data['valid_fraction_of']} valid, lead times "
         f"{leads[0]:g}-{leads[-1]:g} min. Means over lead times; thresholds in "
         f"{record['units']}.",
     ]
@@ -615,7 +625,14 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     # NumPy batches read ahead by threads, under any backend: the forecasters take NumPy.
     reader = WindowReader(windows.store, windows.starts, n_in=n_in, n_out=n_out, norm=norm, seed=0)
     dataset = WindowDataset(reader, batch_size=cfg.batch_size or run_cfg.data.batch_size)
-    log.info("Scoring %d %s windows of %s", windows.starts.size, cfg.split, windows.store)
+    log.info(
+        "Scoring %d %s windows of %s (those with at least %g of the %s valid)",
+        windows.starts.size,
+        cfg.split,
+        windows.store,
+        windows.data.min_valid_fraction,
+        windows.data.valid_fraction_of,
+    )
     progress = keras.utils.Progbar(
         windows.starts.size, verbose=1 if cfg.progress else 0, unit_name="window"
     )
@@ -643,6 +660,8 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
             "split": cfg.split,
             "split_from": windows.split_from,
             "windows": int(windows.starts.size),
+            "min_valid_fraction": windows.data.min_valid_fraction,
+            "valid_fraction_of": windows.data.valid_fraction_of,
             "frame_size": [height, width],
             "minutes_per_frame": minutes_per_frame,
             "n_in": n_in,

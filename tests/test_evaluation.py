@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from nowcast.config import MetricsConfig, NormalisationConfig, config_dir, register_configs
+from nowcast.data.store import write_store
 from nowcast.evaluation import evaluate, head_to_head, run_baselines, scoring_for, to_physical
 from nowcast.metrics import categorical_scores
 from nowcast.model import build_model
@@ -167,6 +168,26 @@ def test_another_data_set_with_a_fitting_frame_size(tiny_run, evaluate_config, t
     assert record["data"]["store"] == str(other) and record["data"]["frame_size"] == [48, 48]
     assert record["data"]["split_from"] == "data config" and record["data"]["windows"] > 0
     assert list(record["methods"]) == ["model", "persistence"]
+
+
+def test_split_all_scores_every_valid_window_of_another_store(tiny_run, evaluate_config, tmp_path):
+    """A store the run never saw, too short to split: every window with enough data is scored."""
+    frames = np.full((14, 32, 32), 30.0, np.float32)
+    frames[:, 16:, :] = np.nan  # the radars cover half of the grid
+    frames[9] = np.nan  # a frame without data
+    path = write_store(tmp_path / "day.h5", frames, np.arange(14) * 300, grid={},
+                       minutes_per_frame=5)  # fmt: skip
+    overrides = [f"run={tiny_run}", "data=knmi", f"data.path={path}", "baselines=[persistence]"]
+    with pytest.raises(ValueError, match="split 'val' received no windows"):
+        evaluate(evaluate_config(*overrides))
+    result = evaluate(evaluate_config(*overrides, "split=all"))
+    # Windows of 3 + 3 frames: 9 starts; those holding the empty frame have 5/6 of the coverage.
+    assert result.metrics["data"]["windows"] == 9
+    assert result.metrics["data"]["valid_fraction_of"] == "coverage"
+    assert "9 windows with at least 0.5 of the coverage valid" in result.summary
+    strict = evaluate(evaluate_config(*overrides, "split=all", "data.min_valid_fraction=0.9",
+                                      "overwrite=true"))  # fmt: skip
+    assert strict.metrics["data"]["windows"] == 9 - 5  # starts 4-8 hold frame 9
 
 
 def test_bad_run_directories_and_checkpoints_are_one_line(

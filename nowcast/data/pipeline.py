@@ -22,7 +22,6 @@ import numpy as np
 from nowcast.config import DataConfig, NormalisationConfig
 from nowcast.data.store import Store
 from nowcast.data.windows import (
-    SPLITS,
     check_positive_int,
     longest_run,
     make_windows,
@@ -55,25 +54,31 @@ class WindowSelection:
     train_weights: np.ndarray | None = None
 
 
-def select_windows(store: Store, data_cfg: DataConfig) -> WindowSelection:
-    """Window starts per split: never across a gap or an event, mostly valid, dry ones handled.
+def valid_fraction(store: Store, data_cfg: DataConfig) -> np.ndarray:
+    """(T,) share of each frame's pixels that have data, as `data.valid_fraction_of` counts it.
 
-    1. Windows of `n_in + n_out` evenly spaced frames, every `stride` frames (make_windows).
-    2. Windows with less than `min_valid_fraction` of their pixels valid are left out.
-    3. Split by blocks of `split.block_hours` (whole events for stores with events).
-    4. Training windows whose mean fraction of wet pixels (valid pixels at or above
-       `wet_threshold`, store units) is below `min_wet_fraction` are dry: left out when
-       `dry_weight` is 0, else kept with that sample weight. Validation and test windows are
-       all kept, so scores describe every kind of weather.
+    "grid": of all the frame's pixels. "coverage": of the radar network's coverage, taken as the
+    largest share of any frame of the store, so a composite whose radars see a quarter of its
+    rectangular grid counts a frame with every radar running as fully valid.
+    """
+    fraction = store.valid_fraction
+    if data_cfg.valid_fraction_of == "grid":
+        return fraction
+    if data_cfg.valid_fraction_of == "coverage":
+        return fraction / max(float(fraction.max()), np.finfo(np.float32).tiny)
+    raise ValueError(
+        "data.valid_fraction_of must be grid or coverage. "
+        f"Received: data.valid_fraction_of={data_cfg.valid_fraction_of!r}"
+    )
 
-    Args:
-        store: the open store.
-        data_cfg: the `data` config group (n_in, n_out, stride, batch_size, split, fractions).
+
+def valid_windows(store: Store, data_cfg: DataConfig) -> np.ndarray:
+    """Start indices of every window of the store that never crosses a gap or an event and has
+    at least `min_valid_fraction` of its pixels valid (steps 1-2 of `select_windows`).
 
     Raises:
         ValueError: one line naming the store when it is too short for one window, has no
-            evenly spaced run long enough, is mostly no-data, or leaves a split (train, val)
-            with fewer windows than one batch.
+            evenly spaced run long enough, or is mostly no-data.
     """
     length = data_cfg.n_in + data_cfg.n_out
     window_hint = f"data.n_in + data.n_out = {length}"
@@ -99,14 +104,49 @@ def select_windows(store: Store, data_cfg: DataConfig) -> WindowSelection:
             f"apart (the longest run is {run}), fewer than one window needs ({window_hint}); "
             "fill the gaps or use shorter windows"
         )
-    valid = window_means(store.valid_fraction, starts, length)
-    starts = starts[valid >= data_cfg.min_valid_fraction]
-    if starts.size == 0:
+    valid = window_means(valid_fraction(store, data_cfg), starts, length)
+    kept = starts[valid >= data_cfg.min_valid_fraction]
+    if kept.size == 0:
+        coverage = float(store.valid_fraction.max())
+        hint = "lower data.min_valid_fraction"
+        if data_cfg.valid_fraction_of == "grid" and coverage < 0.9:
+            hint = (
+                f"the radars cover at most {100 * coverage:.0f} % of its grid: set "
+                "data.valid_fraction_of=coverage to count the coverage's share instead, or "
+                "lower data.min_valid_fraction"
+            )
         raise ValueError(
-            f"every window of {store.path} is mostly no-data (less than "
-            f"data.min_valid_fraction={data_cfg.min_valid_fraction} of its pixels valid); check "
-            "the store with `nowcast-data info` or lower data.min_valid_fraction"
+            f"every window of {store.path} is mostly no-data (its best has "
+            f"{100 * float(valid.max()):.0f} % of its pixels valid, less than "
+            f"data.min_valid_fraction={data_cfg.min_valid_fraction} of the "
+            f"{data_cfg.valid_fraction_of}); {hint}"
         )
+    return kept
+
+
+def select_windows(store: Store, data_cfg: DataConfig) -> WindowSelection:
+    """Window starts per split: never across a gap or an event, mostly valid, dry ones handled.
+
+    1. Windows of `n_in + n_out` evenly spaced frames, every `stride` frames (make_windows).
+    2. Windows with less than `min_valid_fraction` of their pixels valid (of the grid or of the
+       radars' coverage, `valid_fraction_of`) are left out.
+    3. Split by blocks of `split.block_hours` (whole events for stores with events).
+    4. Training windows whose mean fraction of wet pixels (valid pixels at or above
+       `wet_threshold`, store units) is below `min_wet_fraction` are dry: left out when
+       `dry_weight` is 0, else kept with that sample weight. Validation and test windows are
+       all kept, so scores describe every kind of weather.
+
+    Args:
+        store: the open store.
+        data_cfg: the `data` config group (n_in, n_out, stride, batch_size, split, fractions).
+
+    Raises:
+        ValueError: one line naming the store when it is too short for one window, has no
+            evenly spaced run long enough, is mostly no-data, or leaves the training split
+            with fewer windows than one batch or the validation split with none.
+    """
+    starts = valid_windows(store, data_cfg)
+    length = data_cfg.n_in + data_cfg.n_out
     try:
         splits = split_windows(
             store.times,
@@ -129,12 +169,17 @@ def select_windows(store: Store, data_cfg: DataConfig) -> WindowSelection:
             splits["train"] = train[~dry]
         else:
             train_weights = np.where(dry, data_cfg.dry_weight, 1.0).astype(np.float32)
-    for name in SPLITS[:2]:
-        if len(splits[name]) < data_cfg.batch_size:
+    # Training needs whole batches; validation scores whatever windows it has.
+    batch = data_cfg.batch_size
+    for name, needed, what in (
+        ("train", batch, f"one batch (data.batch_size={batch})"),
+        ("val", 1, "one"),
+    ):
+        if len(splits[name]) < needed:
             raise ValueError(
                 f"the {name} split of {store.path} has {len(splits[name])} windows, fewer than "
-                f"one batch (data.batch_size={data_cfg.batch_size}); use a longer store, a "
-                "smaller data.split.block_hours, a smaller batch or a lower data.min_wet_fraction"
+                f"{what}; use a longer store, a smaller data.split.block_hours, a smaller batch "
+                "or a lower data.min_wet_fraction"
             )
     return WindowSelection(starts=splits, train_weights=train_weights)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+# The split name that scores every valid window of a store, unsplit.
+ALL_WINDOWS = "all"
 
 
 def same_event(events: np.ndarray | None, n_frames: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from nowcast.config import DataConfig, NormalisationConfig
-from nowcast.data.pipeline import WindowReader, make_dataset, select_windows
+from nowcast.data.pipeline import WindowReader, make_dataset, select_windows, valid_windows
 from nowcast.data.store import Store, write_store
 from nowcast.units import normalise
 
@@ -279,5 +279,37 @@ def test_mostly_no_data_store_is_one_line_naming_it(tmp_path):
 
 
 def test_too_few_windows_for_a_batch_names_the_store(day_store):
-    with pytest.raises(ValueError, match=r"the val split of .*day.h5 has \d+ windows, fewer than"):
-        select_windows(day_store, _data_config(day_store.path, batch_size=30))
+    with pytest.raises(
+        ValueError, match=r"the train split of .*day.h5 has \d+ windows, fewer than"
+    ):
+        select_windows(day_store, _data_config(day_store.path, batch_size=200))
+
+
+def test_a_validation_split_smaller_than_a_batch_is_still_scored(day_store):
+    cfg = _data_config(day_store.path, batch_size=20, **{"split.val_fraction": 0.1})
+    starts = select_windows(day_store, cfg).starts
+    assert 0 < len(starts["val"]) < 20 <= len(starts["train"])
+
+
+@pytest.fixture
+def composite_store(tmp_path):
+    """A composite whose radars see 30 % of the grid; in frames 20-29 most radars are down."""
+    frames = np.full((40, 10, 10), np.nan, np.float32)
+    frames[:, :3, :] = 25.0  # 30 pixels of 100 covered
+    frames[20:30, :3, :] = np.nan
+    frames[20:30, 0, :5] = 25.0  # 5 of the 30 left
+    return Store(write_store(tmp_path / "composite.h5", frames, np.arange(40) * 300, grid={},
+                             minutes_per_frame=5))  # fmt: skip
+
+
+def test_valid_fraction_of_the_grid_or_of_the_radars_coverage(composite_store):
+    with pytest.raises(ValueError, match=r"radars cover at most 30 % of its grid: set "
+                                         r"data.valid_fraction_of=coverage"):  # fmt: skip
+        valid_windows(composite_store, _data_config(composite_store.path))
+    cfg = _data_config(composite_store.path, valid_fraction_of="coverage")
+    # A window of 4 frames needs half of the coverage: at most two frames with a sixth of it.
+    expected = [s for s in range(37) if sum(20 <= f < 30 for f in range(s, s + 4)) <= 2]
+    np.testing.assert_array_equal(valid_windows(composite_store, cfg), expected)
+    assert 18 in expected and 19 not in expected and 28 in expected
+    with pytest.raises(ValueError, match="valid_fraction_of must be grid or coverage"):
+        valid_windows(composite_store, _data_config(composite_store.path, valid_fraction_of="x"))
