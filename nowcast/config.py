@@ -233,6 +233,9 @@ class TrainConfig:
     # A run directory to continue, with the config saved in it (see nowcast.training);
     # unset (???) for a new run.
     resume: str = MISSING
+    # A run directory (its best checkpoint) or a .keras file whose weights a new run starts
+    # from: fine-tuning, with this run's own optimizer and schedule. Null: random weights.
+    init: str | None = None
 
 
 @dataclass

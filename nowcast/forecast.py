@@ -45,16 +45,14 @@ import keras
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from nowcast.checkpoints import load_checkpoint, load_run_config, resolve_checkpoint
 from nowcast.config import NormalisationConfig
 from nowcast.data.convert import FORMATS, ordered_frames, regrid_like, source_grid
 from nowcast.data.sources import SourceError, SourceFrame, find_inputs, iso, open_hdf5
 from nowcast.data.store import REFLECTIVITY, VIL, open_store
 from nowcast.data.windows import window_means
 from nowcast.evaluation import (
-    load_checkpoint,
-    load_run_config,
     plot_scores_versus_lead_time,
-    resolve_checkpoint,
     run_baselines,
     to_physical,
     windows_to_score,

@@ -23,6 +23,10 @@ settings (tests/test_training.py). Where kernels reduce in a varying order (GPUs
 TF_DETERMINISTIC_OPS=1 to keep that guarantee. With `data.augment` each window's flip is drawn
 from the seed and its place in that order, so a resumed run, or one on more replicas, flips
 every window as the uninterrupted one-device run does.
+
+Fine-tuning: `init` names a run directory (its best checkpoint) or a .keras file whose weights
+a new run starts from (`load_initial_weights`); the run has its own optimizer, schedule and
+windows. A resumed run continues from its backup and does not read `init` again.
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ from nowcast.callbacks import (
     StopOnNonFiniteLoss,
     TrainingBackup,
     TrainingState,
+)
+from nowcast.checkpoints import (
+    architecture_differences,
+    load_run_config,
+    resolve_checkpoint,
 )
 from nowcast.config import TrainConfig, read_saved_config
 from nowcast.data.pipeline import WindowReader, input_batches, select_windows
@@ -87,6 +96,7 @@ RUN_DEFINING_KEYS = (
     "optimizer.schedule",
     "trainer.seed",
     "trainer.steps_per_epoch",
+    "init",
 )
 
 
@@ -515,6 +525,8 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
         images = (keras.ops.convert_to_numpy(inputs), keras.ops.convert_to_numpy(targets))
 
     model = build_model(cfg.model, n_out=data_cfg.n_out, input_shape=(height, width, 1))
+    if cfg.init is not None and not state.weights:
+        log.info("Starting from the weights of %s", load_initial_weights(model, cfg))
     model.summary(print_fn=log.info)
     model.compile(
         optimizer=make_optimizer(cfg.optimizer, total_steps),
@@ -574,6 +586,56 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
     with written_atomically(run_dir / "model.keras") as temporary:
         model.save(temporary)
     return model, history
+
+
+def load_initial_weights(model: keras.Model, cfg: DictConfig) -> Path:
+    """Load the weights of `cfg.init` into the built model of a new run (fine-tuning).
+
+    `cfg.init` is a run directory (its checkpoints/best.keras) or a .keras file. The checkpoint
+    must hold this run's architecture (the number of lead times may differ: no weight depends
+    on it), and a run directory must have been trained on the same normalisation.
+
+    Returns:
+        The checkpoint loaded.
+
+    Raises:
+        FileNotFoundError: nothing at `cfg.init`, or a run directory without a best checkpoint.
+        ValueError: not a Keras checkpoint, another architecture or normalisation, or weights
+            that do not fit (a peephole model trained on frames of another size).
+    """
+    source = Path(cfg.init).expanduser().absolute()
+    if not source.exists():
+        raise FileNotFoundError(
+            f"init={cfg.init} does not exist; pass init=<a run directory or a .keras file>"
+        )
+    checkpoint = source
+    if source.is_dir():
+        checkpoint = resolve_checkpoint(source, "best")
+        trained_on = load_run_config(source).data.normalisation
+        if OmegaConf.to_container(trained_on) != OmegaConf.to_container(cfg.data.normalisation):
+            raise ValueError(
+                f"init={cfg.init} was trained on data.normalisation "
+                f"{OmegaConf.to_container(trained_on)}, this run has "
+                f"{OmegaConf.to_container(cfg.data.normalisation)}; set data.normalisation "
+                "to the run's"
+            )
+    differences = architecture_differences(
+        checkpoint, cfg.model, n_out=cfg.data.n_out, ignore=("n_out",)
+    )
+    if differences:
+        raise ValueError(
+            f"init={cfg.init} holds another architecture than this run's model "
+            f"({'; '.join(differences)}); pass the model options it was trained with"
+        )
+    try:
+        model.load_weights(checkpoint)
+    except (ValueError, OSError, KeyError) as err:
+        first_line = next((line for line in str(err).splitlines() if line.strip()), "")
+        raise ValueError(
+            f"the weights of init={cfg.init} do not fit this run's model ({first_line}); a "
+            "peephole model takes only the frame size it was trained on"
+        ) from None
+    return checkpoint
 
 
 def _restore(model: keras.Model, weights: Path) -> None:

@@ -238,6 +238,59 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(run_config)
     assert all(np.isfinite(w).all() for w in backup.get_weights())
 
 
+class RecordStartingWeights(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.weights = [np.array(w) for w in self.model.get_weights()]
+
+
+def test_init_starts_a_new_run_from_another_runs_weights(reference, run_config, tmp_path):
+    best = keras.models.load_model(reference.run_dir / "checkpoints/best.keras")
+    expected = [np.array(w) for w in best.get_weights()]
+    # Four lead times instead of three: no weight depends on them.
+    for init in (reference.run_dir, reference.run_dir / "checkpoints/best.keras"):
+        start = RecordStartingWeights()
+        cfg = run_config(f"init={init}", "data.n_out=4", "trainer.epochs=1")
+        cfg.paths.output_dir = str(tmp_path / f"from_{Path(init).name}")
+        result = train(cfg, callbacks=[start])
+        assert len(start.weights) == len(expected)
+        for started, saved in zip(start.weights, expected, strict=True):
+            np.testing.assert_array_equal(started, saved)
+        # A new run with its own schedule: one epoch of its own, not the reference's third.
+        assert len(result.history["loss"]) == 1
+        assert OmegaConf.load(result.run_dir / "config.yaml").init == str(init)
+    fresh = RecordStartingWeights()
+    train(run_config(), callbacks=[fresh])
+    assert not np.array_equal(fresh.weights[0], expected[0])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.head_filters=8"], r"init=.* holds another architecture than this run's model "
+                                   r"\(head_filters=4 in the checkpoint, 8 expected\)"),
+        (["data.normalisation.dbz_max=60"], r"init=.* was trained on data.normalisation"),
+    ],
+)  # fmt: skip
+def test_init_of_another_model_is_one_line_before_any_output(
+    reference, run_config, overrides, message
+):
+    cfg = run_config(f"init={reference.run_dir}", *overrides)
+    with pytest.raises(ValueError, match=message) as error:
+        train(cfg)
+    assert "\n" not in str(error.value)
+    assert not (Path(cfg.paths.output_dir) / "model.keras").exists()
+
+
+def test_init_that_is_not_a_checkpoint_is_one_line(run_config, tmp_path):
+    missing = tmp_path / "nothing_here"
+    with pytest.raises(FileNotFoundError, match=f"init={missing} does not exist"):
+        train(run_config(f"init={missing}"))
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="corrupt.keras is not a Keras checkpoint"):
+        train(run_config(f"init={corrupt}"))
+
+
 @pytest.mark.skipif(
     len(tf.config.list_logical_devices("CPU")) < 2, reason="needs two logical CPU devices"
 )
