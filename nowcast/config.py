@@ -81,7 +81,8 @@ class DataConfig:
     fraction of wet pixels is below `min_wet_fraction` are left out (`dry_weight` 0) or kept
     with sample weight `dry_weight`. `augment` flips and rotates training windows at random.
     `patch_size`: train on a square patch of that many pixels from each training window, at a
-    place drawn anew each time the window is read, instead of the whole frames: a step costs
+    place drawn anew each time the window is read, among those where at least
+    `min_valid_fraction` of the patch has data, instead of the whole frames: a step costs
     less, so more steps fit in the same time, and large composites fit in memory. Validation,
     test and evaluation use whole frames, so the model must be fully convolutional (no
     peephole, `model.recurrent=fused`) and the patch divisible by its downsample strides.

@@ -336,15 +336,23 @@ def plot_scores_versus_lead_time(
     figure.savefig(path, dpi=100)
 
 
+def _describe_windows(split: str, store: str | Path, count: int, data: dict) -> str:
+    """Which windows are scored, with the share of valid pixels they needed."""
+    which = "every window" if split == ALL_WINDOWS else f"the {split} split"
+    return (
+        f"{which} of {store}: {count} windows with at least {data['min_valid_fraction']:g} of "
+        f"the {data['valid_fraction_of']} valid"
+    )
+
+
 def summary_table(record: dict) -> str:
     """Means over lead times, one row per method: CSI, HSS and frequency bias per threshold,
     then FSS per scale and the error scores."""
     methods, data, leads = record["methods"], record["data"], record["lead_times_min"]
     width = max(12, *(len(m) for m in methods)) + 2
     lines = [
-        f"{data['split']} split of {data['store']}: {data['windows']} windows with at least "
-        f"{data['min_valid_fraction']:g} of the {data['valid_fraction_of']} valid, lead times "
-        f"{leads[0]:g}-{leads[-1]:g} min. Means over lead times; thresholds in "
+        f"{_describe_windows(data['split'], data['store'], data['windows'], data)}, lead "
+        f"times {leads[0]:g}-{leads[-1]:g} min. Means over lead times; thresholds in "
         f"{record['units']}.",
     ]
 
@@ -493,12 +501,8 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     reader = WindowReader(windows.store, windows.starts, n_in=n_in, n_out=n_out, norm=norm, seed=0)
     dataset = WindowDataset(reader, batch_size=cfg.batch_size or run_cfg.data.batch_size)
     log.info(
-        "Scoring %d %s windows of %s (those with at least %g of the %s valid)",
-        windows.starts.size,
-        cfg.split,
-        windows.store,
-        windows.data.min_valid_fraction,
-        windows.data.valid_fraction_of,
+        "Scoring %s",
+        _describe_windows(cfg.split, windows.store, windows.starts.size, windows.data),
     )
     progress = keras.utils.Progbar(
         windows.starts.size, verbose=1 if cfg.progress else 0, unit_name="window"

@@ -488,6 +488,7 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
             weights=weights,
             augment=data_cfg.augment and training,
             patch_size=data_cfg.patch_size if training else None,
+            min_patch_valid=data_cfg.min_valid_fraction,
         )
         return input_batches(
             reader, batch_size=batch_size, drop_remainder=training, positions=positions

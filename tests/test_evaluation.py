@@ -184,6 +184,7 @@ def test_split_all_scores_every_valid_window_of_another_store(tiny_run, evaluate
     # Windows of 3 + 3 frames: 9 starts; those holding the empty frame have 5/6 of the coverage.
     assert result.metrics["data"]["windows"] == 9
     assert result.metrics["data"]["valid_fraction_of"] == "coverage"
+    assert "every window of" in result.summary
     assert "9 windows with at least 0.5 of the coverage valid" in result.summary
     strict = evaluate(evaluate_config(*overrides, "split=all", "data.min_valid_fraction=0.9",
                                       "overwrite=true"))  # fmt: skip

@@ -217,7 +217,11 @@ class WindowReader:
             window's position in the stream.
         patch_size: read a square patch of this many pixels from each window, at a place drawn
             from `seed` and the window's position (so a new place each pass), instead of the
-            whole frames; None: whole frames.
+            whole frames; None: whole frames. The place is drawn among those where at least
+            `min_patch_valid` of the patch has data in every frame of the window (anywhere if
+            there is no such place): a composite's radars cover a fraction of its grid, and a
+            patch outside their range teaches the network nothing but the edge of coverage.
+        min_patch_valid: that share, from 0 to 1.
 
     Attributes:
         starts: (N,) int64 window starts.
@@ -238,6 +242,7 @@ class WindowReader:
         weights: np.ndarray | None = None,
         augment: bool = False,
         patch_size: int | None = None,
+        min_patch_valid: float = 0.5,
     ):
         check_positive_int(n_in, "n_in")
         check_positive_int(n_out, "n_out")
@@ -265,8 +270,24 @@ class WindowReader:
                     f"{self.store_shape[1]} frames of {self.store.path}"
                 )
             self.frame_shape = (patch_size, patch_size)
+        if not 0 <= min_patch_valid <= 1:
+            raise ValueError(f"min_patch_valid must be in [0, 1], Received: {min_patch_valid}")
+        self.min_patch_valid = min_patch_valid
         height, width = self.frame_shape
         self.transforms = _ALL_TRANSFORMS if height == width else _SHAPE_KEEPING_TRANSFORMS
+
+    def _patch_place(self, frames: np.ndarray, draws: np.random.Generator) -> tuple[int, int]:
+        """(top, left) of a patch of `frames` (T, H, W) with enough data (see `patch_size`)."""
+        size = self.patch_size
+        valid = (~np.isnan(frames)).all(axis=0)
+        # Valid pixels of the patch at every (top, left), from a summed-area table.
+        table = np.pad(valid.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        counts = table[size:, size:] - table[:-size, size:] - table[size:, :-size]
+        counts += table[:-size, :-size]
+        places = np.flatnonzero(counts >= self.min_patch_valid * size * size)
+        if places.size == 0:
+            places = np.arange(counts.size)
+        return divmod(int(places[draws.integers(places.size)]), counts.shape[1])
 
     def read(self, start: int, position: int) -> tuple[np.ndarray, np.ndarray]:
         """(inputs (n_in, H, W, 1), targets (n_out, H, W, 1)) of the window at `start`."""
@@ -275,7 +296,7 @@ class WindowReader:
         draws = np.random.default_rng((self.seed, int(position)))
         transform = self.transforms[draws.integers(self.transforms.size)] if self.augment else 0
         if self.patch_size is not None:
-            top, left = (draws.integers(side - self.patch_size + 1) for side in self.store_shape)
+            top, left = self._patch_place(frames, draws)
             frames = frames[:, top : top + self.patch_size, left : left + self.patch_size]
         frames = normalise(frames, self.norm)
         if transform:

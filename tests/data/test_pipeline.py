@@ -219,6 +219,21 @@ def test_patches_are_one_crop_of_each_whole_window_at_a_place_drawn_per_position
     assert all(np.array_equal(a, b) for a, b in zip(patches[30:], tail, strict=True))
 
 
+def test_patches_are_placed_where_the_radars_see(tmp_path):
+    """A composite with data in its right quarter only: every patch lies at least half in it."""
+    frames = np.full((12, 16, 16), np.nan, np.float32)
+    frames[:, :, 12:] = 20.0
+    frames[5, 0, 15] = np.nan  # a pixel missing in one frame counts as missing in its windows
+    path = write_store(tmp_path / "edge.h5", frames, np.arange(12) * 300, grid={},
+                       minutes_per_frame=5)  # fmt: skip
+    patches = _patches(path, 0, np.repeat(np.arange(8), 5), patch_size=6)
+    valid_shares = [np.mean(~np.isnan(p[-1])) for p in patches]
+    assert min(valid_shares) >= 0.5 and max(valid_shares) > 0.6  # drawn among the places
+    # No place with enough data: anywhere, as before.
+    patches = _patches(path, 0, np.arange(8), patch_size=12)
+    assert min(np.mean(~np.isnan(p[-1])) for p in patches) < 0.5
+
+
 def test_patches_of_non_square_frames_are_square_and_must_fit(store_path):
     flipped = _patches(store_path, 0, np.arange(16), patch_size=W - 2, augment=True)
     assert all(w.shape == (4, W - 2, W - 2) for w in flipped)
