@@ -267,7 +267,10 @@ class ConvertCommandConfig:
     See nowcast.data.convert. `quantity` picks the ODIM/KNMI quantity to read (default: the
     first known one in the file); `catalog` is SEVIR's CATALOG.csv (default: found next to or
     above the input); `minutes_per_frame` is inferred from the timestamps when null. `zr_a`,
-    `zr_b` turn rain rates into dBZ, and dBZ into rain rates for block averaging.
+    `zr_b` turn rain rates into dBZ, and dBZ into rain rates for block averaging. Against
+    clutter, before block averaging: `max_rain_mmh` makes pixels above that rain rate no data
+    (masked, not clipped: see nowcast.data.convert), and `min_quality` (ODIM only) makes pixels
+    whose QIND quality field (0-1) is below it no data; null turns either off.
     """
 
     format: str = MISSING
@@ -281,6 +284,8 @@ class ConvertCommandConfig:
     minutes_per_frame: float | None = None
     zr_a: float = 200.0
     zr_b: float = 1.6
+    max_rain_mmh: float | None = None
+    min_quality: float | None = None
 
 
 @dataclass

@@ -10,10 +10,20 @@ Steps, each with one-line errors that name the file (see nowcast.data.sources):
    products stamp scans a few seconds off the nominal time). SEVIR events keep their times.
 4. Sort by time (events by their first frame); of frames with the same time (within an event),
    keep the first in file-name order and log a warning.
-5. Read the frames in that order, a block at a time, crop them (a pixel window, centred by
-   default) and block-average them in physical units (rain rate in mm/h via Z-R for
-   reflectivity, kg/m^2 for SEVIR VIL; a block with fewer than half of its pixels valid is no
-   data), and write the store atomically: a failure leaves no file behind.
+5. Read the frames in that order, a block at a time; mask clutter (below); crop them (a pixel
+   window, centred by default) and block-average them in physical units (rain rate in mm/h
+   via Z-R for reflectivity, kg/m^2 for SEVIR VIL; a block with fewer than half of its pixels
+   valid is no data), and write the store atomically: a failure leaves no file behind.
+
+Clutter (ground and sea echoes, interference, ships: an OPERA composite reads up to thousands
+of mm/h) is masked before block averaging, so that it does not leak into the blocks around it:
+`min_quality` makes ODIM pixels whose QIND quality field is below it no data, and
+`max_rain_mmh` makes pixels above that rain rate (through Z-R) no data. Masked rather than
+clipped to the cap: a clutter spike is not rain at any rate, and clipped it would stay in the
+store as the heaviest rain there is, a false alarm at every threshold, weighted most by
+intensity-weighted losses; as no data, the losses, the scores and the block averages skip it.
+The price is that real rain above the cap (hail cores read 60 dBZ and more) becomes a hole,
+so keep the cap well above the rates the archive really holds.
 """
 
 from __future__ import annotations
@@ -78,8 +88,8 @@ def _read_store_frame(store: Store, index: int) -> np.ndarray:
     return store.read(index, index + 1)[0]
 
 
-def _scanner(cfg: Any) -> Callable[[Path], list[SourceFrame]]:
-    """The reader of `cfg.format`, with its options bound."""
+def _scanner(cfg: Any, *, min_quality: float | None = None) -> Callable[[Path], list[SourceFrame]]:
+    """The reader of `cfg.format`, with its options bound (`min_quality`: ODIM only)."""
     if cfg.format not in FORMATS:
         raise ValueError(
             f"unknown format, allowed: {', '.join(FORMATS)}. Received: format={cfg.format!r}"
@@ -90,9 +100,18 @@ def _scanner(cfg: Any) -> Callable[[Path], list[SourceFrame]]:
             f"format={cfg.format} reads quantity= {', '.join(allowed) or '(not an option)'}. "
             f"Received: quantity={cfg.quantity!r}"
         )
+    if min_quality is not None and cfg.format != "odim":
+        raise ValueError(
+            f"min_quality masks by the ODIM quality field (QIND), which format={cfg.format} "
+            f"files do not have; drop it. Received: min_quality={min_quality}"
+        )
+    if min_quality is not None and not 0.0 <= min_quality <= 1.0:
+        raise ValueError(
+            f"min_quality is a QIND quality index from 0 to 1, Received: min_quality={min_quality}"
+        )
     zr = {"zr_a": cfg.zr_a, "zr_b": cfg.zr_b}
     if cfg.format == "odim":
-        return partial(odim.scan_odim, quantity=cfg.quantity, **zr)
+        return partial(odim.scan_odim, quantity=cfg.quantity, min_quality=min_quality, **zr)
     if cfg.format == "knmi":
         return partial(knmi.scan_knmi, quantity=cfg.quantity, **zr)
     if cfg.format == "sevir":
@@ -290,14 +309,40 @@ def regrid(
     return averaged
 
 
-def _read(frame: SourceFrame) -> np.ndarray:
+def _cap_dbz(max_rain_mmh: float | None, quantity: str, zr_a: float, zr_b: float) -> float:
+    """`max_rain_mmh` in the store's dBZ (+inf: no cap), checked."""
+    if max_rain_mmh is None:
+        return np.inf
+    if quantity == VIL.name:
+        raise ValueError(
+            "max_rain_mmh caps rain rates, but these frames are SEVIR VIL; drop it. "
+            f"Received: max_rain_mmh={max_rain_mmh}"
+        )
+    if not max_rain_mmh > 0:
+        raise ValueError(f"max_rain_mmh must be > 0 (or null), Received: {max_rain_mmh}")
+    return float(rain_to_dbz(max_rain_mmh, zr_a, zr_b))
+
+
+def _log_choices(frames: list[SourceFrame]) -> None:
+    """Say which field was read of files holding several: once per choice, not per file."""
+    files: dict[str, list[str]] = {}
+    for frame in frames:
+        if frame.choice is not None:
+            files.setdefault(frame.choice, []).append(frame.label)
+    for choice, labels in files.items():
+        more = f" and {len(labels) - 1} more file(s)" if len(labels) > 1 else ""
+        log.info("read %s of %s%s; pass quantity= to read another", choice, labels[0], more)
+
+
+def _read(frame: SourceFrame, cap_dbz: float) -> np.ndarray:
+    """The frame's values, with those above `cap_dbz` as no data (NaN)."""
     try:
         values = frame.read()
     except (OSError, RuntimeError, KeyError) as err:
         raise SourceError(f"{frame.label}: the data could not be read ({err})") from None
     if values.shape != frame.shape:
         raise SourceError(f"{frame.label}: data of shape {values.shape}, expected {frame.shape}")
-    return values
+    return np.where(values > cap_dbz, np.float32(np.nan), values)
 
 
 def convert(cfg: ConvertCommandConfig) -> ConvertResult:
@@ -305,7 +350,8 @@ def convert(cfg: ConvertCommandConfig) -> ConvertResult:
 
     Args:
         cfg: the `nowcast-data convert` config: format, input, output, overwrite, quantity,
-            catalog, crop, downsample, minutes_per_frame, zr_a, zr_b.
+            catalog, crop, downsample, minutes_per_frame, zr_a, zr_b, max_rain_mmh,
+            min_quality.
 
     Returns:
         What was written.
@@ -315,7 +361,7 @@ def convert(cfg: ConvertCommandConfig) -> ConvertResult:
         ValueError (SourceError, StoreError): a bad option or input file, with one line naming
         it. Nothing is written at the output path unless the whole conversion succeeds.
     """
-    scan = _scanner(cfg)
+    scan = _scanner(cfg, min_quality=cfg.min_quality)
     output = Path(cfg.output).expanduser()
     if output.exists() and not cfg.overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=true to replace it")
@@ -326,8 +372,10 @@ def convert(cfg: ConvertCommandConfig) -> ConvertResult:
         raise SourceError(f"no frames found in {inputs[0]}")
     # Check the crop against the first file's grid before reading the times of all the others.
     top, left, height, width = _crop_window(frames[0].shape, cfg.crop, cfg.downsample)
+    cap_dbz = _cap_dbz(cfg.max_rain_mmh, frames[0].quantity, cfg.zr_a, cfg.zr_b)
     frames += [frame for path in inputs[1:] for frame in scan(path)]
     _check_consistent(frames)
+    _log_choices(frames)
     step_s = _time_step(frames, cfg.minutes_per_frame)
     frames, times, duplicates = _order(frames, step_s)
     event_ids = None
@@ -366,7 +414,7 @@ def convert(cfg: ConvertCommandConfig) -> ConvertResult:
         progress_every = max(len(frames) // 10, _BLOCK_FRAMES)
         for start in range(0, len(frames), _BLOCK_FRAMES):
             stop = min(start + _BLOCK_FRAMES, len(frames))
-            block = np.stack([crop(_read(frame)) for frame in frames[start:stop]])
+            block = np.stack([crop(_read(frame, cap_dbz)) for frame in frames[start:stop]])
             valid_pixels += int(np.count_nonzero(~np.isnan(block)))
             events = None if event_ids is None else event_ids[start:stop]
             writer.append(block, times[start:stop], events)

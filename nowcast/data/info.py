@@ -1,7 +1,8 @@
 """`nowcast-data info`: what a store holds, from its metadata and per-frame histograms.
 
 Reads no frame (except in version-1 stores, which have no histograms), so it is quick on any
-store size.
+store size. Rain rates above PLAUSIBLE_MAX_MMH get a warning line: at 1-km, 5-minute
+resolution such rates are clutter (or hail cores), which `convert` can mask.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from nowcast.units import dbz_to_rain, rain_to_dbz
 
 RAIN_THRESHOLDS_MMH = (0.1, 1.0, 10.0, 30.0)
 MARSHALL_PALMER = (200.0, 1.6)
+# 150 mm/h is 58 dBZ at Marshall-Palmer, the top of heavy convective rain; OPERA composites'
+# clutter reads thousands of mm/h.
+PLAUSIBLE_MAX_MMH = 150.0
 
 
 def _time_lines(store: Store) -> list[str]:
@@ -54,6 +58,7 @@ def _statistics(store: Store, totals: np.ndarray) -> list[str]:
         ]
         wet_label, wet_value = "VIL >= 16", float(VIL_THRESHOLDS[0])
         physical, unit = vil_level_to_kg_m2, "kg/m2"
+        implausible = np.inf
         lines = []
     else:
         a, b = store.zr or MARSHALL_PALMER
@@ -64,6 +69,7 @@ def _statistics(store: Store, totals: np.ndarray) -> list[str]:
         ]
         wet_label, wet_value = ">= 0.1 mm/h", thresholds[0][1]
         physical, unit = (lambda dbz: dbz_to_rain(dbz, a, b)), "mm/h"
+        implausible = float(rain_to_dbz(PLAUSIBLE_MAX_MMH, a, b))
         lines = [f"Z-R: Z = {a:g} R^{b:g} ({source})"]
     if covered == 0:
         return [*lines, "no valid pixel in the store"]
@@ -82,6 +88,14 @@ def _statistics(store: Store, totals: np.ndarray) -> list[str]:
             f"wet pixels ({wet_label}): median {float(physical(median)):.2f}, 99th percentile "
             f"{float(physical(p99)):.2f}, max {float(physical(peak)):.2f} {unit}"
         )
+        if peak > implausible:
+            above = valid & (values > implausible)
+            lines.append(
+                f"warning: max {float(physical(peak)):.0f} mm/h is above "
+                f"{PLAUSIBLE_MAX_MMH:g} mm/h ({100 * totals[above].sum() / covered:.4f} % of "
+                "valid pixels): likely clutter; convert with "
+                f"max_rain_mmh={PLAUSIBLE_MAX_MMH:g} or, for ODIM, min_quality= (QIND masking)"
+            )
     return lines
 
 

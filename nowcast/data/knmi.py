@@ -1,26 +1,36 @@
-"""KNMI radar composites in HDF5 (KNMI's own layout, not ODIM): one file per 5 minutes.
+"""KNMI radar composites in KNMI's own HDF5 layout (not ODIM): one file per 5 minutes.
 
-Layout read (REFERENCES.md section 4)::
+Layout of RAD_NL25_RAP_5min_YYYYmmddHHMM.h5, KNMI's 5-minute rain accumulation (pysteps'
+example data); numbers are 1-element arrays, strings fixed-length ASCII::
 
-    /image1                     attr image_geo_parameter: REFLECTIVITY_[DBZ],
-                                ACCUMULATION_[MM] or RAINFALL_RATE_[MM/H]
-    /image1/image_data          (rows, columns) uint8 or uint16 pixel values PV, row 0 = north
-    /image1/calibration         attrs calibration_formulas ("GEO=0.500000*PV+-32.000000"),
-                                calibration_missing_data, calibration_out_of_image
-    /overview                   attrs product_datetime_start, product_datetime_end
-                                ("26-AUG-2010;02:55:00.000", UTC)
-    /geographic                 attrs geo_number_rows, geo_number_columns, geo_pixel_size_x/y,
-                                geo_dim_pixel ("KM,KM"), geo_row_offset, geo_column_offset,
-                                geo_product_corners, ... (numbers as 1-element arrays)
-    /geographic/map_projection  attr projection_proj4_params
+    /overview                   product_datetime_start, product_datetime_end
+                                ("26-AUG-2010;02:55:00.000", UTC), number_image_groups (1),
+                                number_radar_groups, product_group_name, products_missing, ...
+    /image1                     image_geo_parameter ACCUMULATED_PRECIPITATION_[MM],
+                                image_product_name, image_bytes_per_pixel, image_size
+    /image1/image_data          (765, 700) uint16 pixel values PV, row 0 = north
+    /image1/calibration         calibration_formulas "GEO=0.01*PV+0.0" (mm),
+                                calibration_missing_data and calibration_out_of_image (65535)
+    /image1/statistics          stat_min_value, stat_max_value (KNMI writes 0 for both)
+    /geographic                 geo_number_rows, geo_number_columns, geo_pixel_size_x/y (1 km;
+                                y < 0 as rows run south), geo_dim_pixel ("KM,KM"), geo_row_offset,
+                                geo_column_offset, geo_product_corners (4 lon/lat pairs)
+    /geographic/map_projection  projection_proj4_params (polar stereographic), projection_name
+    /radar1, /radar2            radar_name, radar_location (the radars in the composite)
 
-The frame's time is product_datetime_end: the end of the interval for accumulations, the time
-in KNMI's file names. value = formula(PV); PV equal to calibration_missing_data or
-calibration_out_of_image is no data. Accumulations (mm over start-end, 5 minutes for
-RAD_NL25_RAC_*: x12 for mm/h) and rain rates become dBZ with the Z-R relation; 0 mm/h is no echo.
+value = formula(PV). A PV equal to calibration_missing_data or calibration_out_of_image is no
+data (NaN); every other PV is measured, so PV 0 is 0 mm: dry, no echo. Accumulations are mm
+over product_datetime_start..end (5 minutes: x12 for mm/h) and become dBZ with the Z-R
+relation. The frame's time is product_datetime_end, the time in KNMI's file names.
 
-Read with h5py rather than pysteps' `import_knmi_hdf5`, which hard-codes the scaling and
-no-data values instead of reading the calibration attributes and returns no time.
+Besides ACCUMULATED_PRECIPITATION_[MM], two image_geo_parameter values of other KNMI products
+are read: ACCUMULATION_[MM] (as Py-ART's KNMI reader knows it) and REFLECTIVITY_[DBZ]
+(RAD_NL25_PCP_NA: "GEO = 0.500000 * PV + -32.000000", missing 0, out of image 255). A file of
+several image groups (number_image_groups > 1, as in KNMI's forecasts: one image per lead
+time) is refused rather than read as one frame.
+
+Read with h5py rather than pysteps' `import_knmi_hdf5`, which hard-codes the scaling and the
+no-data value, takes the interval as an argument instead of reading it, and returns no time.
 """
 
 from __future__ import annotations
@@ -45,11 +55,12 @@ from nowcast.data.sources import (
 from nowcast.data.sources import text as attr_text
 
 GEO_PARAMETERS = {
-    "REFLECTIVITY_[DBZ]": "DBZH",
+    "ACCUMULATED_PRECIPITATION_[MM]": "ACRR",
     "ACCUMULATION_[MM]": "ACRR",
-    "RAINFALL_RATE_[MM/H]": "RATE",
+    "REFLECTIVITY_[DBZ]": "DBZH",
 }
-QUANTITIES = tuple(GEO_PARAMETERS.values())
+QUANTITIES = tuple(dict.fromkeys(GEO_PARAMETERS.values()))
+_IMAGE_GROUP = re.compile(r"image\d+$")
 _TIME_FORMATS = ("%d-%b-%Y;%H:%M:%S.%f", "%d-%b-%Y;%H:%M:%S")
 _FORMULA = re.compile(r"GEO\s*=\s*([-+0-9.eE]+)\s*\*\s*PV\s*\+\s*([-+0-9.eE]+)$")
 _KM_IN_M = 1000.0
@@ -87,6 +98,21 @@ def _quantity(image: h5py.Group, path: Path, quantity: str | None) -> str:
     if quantity is not None and GEO_PARAMETERS[parameter] != quantity:
         raise SourceError(f"{path} holds {parameter}, not quantity={quantity}")
     return GEO_PARAMETERS[parameter]
+
+
+def _check_one_image(f: h5py.File, overview: h5py.Group, path: Path) -> None:
+    """Refuse files of several images (KNMI's forecasts hold one per lead time)."""
+    declared = overview.attrs.get("number_image_groups", 1)
+    try:
+        count = max(int(number(declared)), sum(1 for name in f if _IMAGE_GROUP.match(name)))
+    except ValueError:
+        raise SourceError(f"{path}: /overview number_image_groups is not a number") from None
+    if count > 1:
+        raise SourceError(
+            f"{path} holds {count} image groups (/overview number_image_groups), as KNMI's "
+            "forecasts do, one per lead time; nowcast reads files of one observed image, "
+            "such as RAD_NL25_RAP_5min_*.h5"
+        )
 
 
 def _time(overview: h5py.Group, name: str, path: Path) -> int:
@@ -148,12 +174,13 @@ def scan_knmi(path: Path, *, quantity: str | None, zr_a: float, zr_b: float) -> 
 
     Args:
         path: the file.
-        quantity: DBZH, ACRR or RATE, only needed when the file has no image_geo_parameter.
+        quantity: ACRR or DBZH, only needed when the file has no image_geo_parameter.
         zr_a, zr_b: Z = a R^b, to turn rain rates and accumulations into dBZ.
 
     Raises:
         SourceError: not HDF5, corrupt, a missing group, dataset or attribute, an unknown
-            quantity, an unreadable time or formula, or a grid that does not match the image.
+            quantity, several image groups, an unreadable time or formula, or a grid that does
+            not match the image.
     """
     with open_hdf5(path) as f:
         image = _member(f, "image1", path)
@@ -161,8 +188,9 @@ def scan_knmi(path: Path, *, quantity: str | None, zr_a: float, zr_b: float) -> 
         if data.ndim != 2:
             raise SourceError(f"{path}: /image1/image_data has shape {data.shape}, not 2-D")
         shape = (int(data.shape[0]), int(data.shape[1]))
-        name = _quantity(image, path, quantity)
         overview = _member(f, "overview", path)
+        _check_one_image(f, overview, path)
+        name = _quantity(image, path, quantity)
         end = _time(overview, "product_datetime_end", path)
         interval_minutes = None
         if name == "ACRR":

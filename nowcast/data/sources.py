@@ -44,6 +44,9 @@ class SourceFrame:
         read: returns the (rows, columns) float32 frame in the store's units (dBZ, or VIL
             levels): NaN = no data, -inf or the floor = no echo.
         event: the event the frame belongs to (SEVIR's event id), or None.
+        choice: which of several readable fields of the file was read and which were not
+            (e.g. "/dataset1/data2 (DBZH), not /dataset2/data1 (DBZH)"), for the converter
+            to say once; None when the file held one.
     """
 
     label: str
@@ -53,6 +56,7 @@ class SourceFrame:
     grid: Mapping[str, Any] = field(repr=False)
     read: Callable[[], np.ndarray] = field(repr=False, compare=False)
     event: str | None = None
+    choice: str | None = field(default=None, compare=False)
 
 
 def find_inputs(spec: str, suffixes: tuple[str, ...] = HDF5_SUFFIXES) -> list[Path]:

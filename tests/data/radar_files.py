@@ -2,8 +2,8 @@
 
 ODIM_H5 follows an OPERA composite (Conventions ODIM_H5/V2_2, fixed-length ASCII string
 attributes, 64-bit numbers, a gzip-compressed image with CLASS/IMAGE_VERSION and a QIND quality
-field). KNMI follows RAD_NL25_PCP_NA (reflectivity, uint8) and RAD_NL25_RAC_* (accumulation,
-uint16): numbers as 1-element arrays, strings as fixed-length bytes. SEVIR follows
+field). KNMI follows RAD_NL25_RAP_5min_*.h5 (accumulation, uint16) attribute for attribute:
+numbers as 1-element arrays, strings as null-terminated fixed-length ASCII. SEVIR follows
 SEVIR_VIL_STORMEVENTS_*.h5 (id, vil (N, H, W, 49) uint8) plus a CATALOG.csv with SEVIR's
 columns. Only the grids are tiny.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-KNMI_PROJ4 = "+proj=stere +lat_0=90 +lon_0=0 +lat_ts=60 +a=6378.14 +b=6356.75 +x_0=0 y_0=0"
+KNMI_PROJ4 = "+proj=stere +lat_0=90 +lon_0=0.0 +lat_ts=60.0 +a=6378.137 +b=6356.752 +x_0=0 +y_0=0"
 ODIM_PROJDEF = "+proj=laea +lat_0=55.0 +lon_0=10.0 +x_0=1950000.0 +y_0=-2100000.0 +units=m"
 SEVIR_PROJ = "+proj=laea +lat_0=38 +lon_0=-98 +units=m +a=6370997.0 +ellps=sphere "
 
@@ -40,6 +40,9 @@ def write_odim(
     where_in: str = "root",
     accumulation_minutes: int = 5,
     extra_data: dict[str, np.ndarray] | None = None,
+    quality: np.ndarray | None = None,
+    quality_in: str | None = "data",
+    object_type: str = "COMP",
 ) -> Path:
     """An ODIM_H5 composite holding `raw` (rows, columns) as /dataset1/data1/data.
 
@@ -48,13 +51,16 @@ def write_odim(
             "dataset" (dataset1/what) or "root" (/what).
         where_in: the grid in "root" (/where) or "dataset" (/dataset1/where).
         extra_data: more quantities as data2, data3, ... (same scaling).
+        quality: the raw QIND field (uint8, gain 1/255); default 200 everywhere.
+        quality_in: the QIND field as quality1 of each "data" group, of the "dataset", or None.
+        object_type: /what object (COMP; PVOL or SCAN for a radar's own volume or scan).
     """
     rows, cols = raw.shape
     start = when - timedelta(minutes=accumulation_minutes)
     with h5py.File(path, "w") as f:
         f.attrs["Conventions"] = _ascii("ODIM_H5/V2_2")
         what = f.create_group("what")
-        what.attrs["object"] = _ascii("COMP")
+        what.attrs["object"] = _ascii(object_type)
         what.attrs["version"] = _ascii("H5rad 2.2")
         what.attrs["date"] = _ascii(when.strftime("%Y%m%d"))
         what.attrs["time"] = _ascii(when.strftime("%H%M%S"))
@@ -97,18 +103,39 @@ def write_odim(
             )
             image.attrs["CLASS"] = _ascii("IMAGE")
             image.attrs["IMAGE_VERSION"] = _ascii("1.2")
-            quality = data.create_group("quality1")
-            quality_what = quality.create_group("what")
-            quality_what.attrs["quantity"] = _ascii("QIND")
-            quality_what.attrs["gain"] = np.float64(1 / 255)
-            quality_what.attrs["offset"] = np.float64(0.0)
-            quality.create_dataset("data", data=np.full((rows, cols), 200, np.uint8))
+        if quality_in is not None:
+            quality_raw = np.full((rows, cols), 200, np.uint8) if quality is None else quality
+            data_groups = [dataset[name] for name in dataset if name.startswith("data")]
+            holders = [dataset] if quality_in == "dataset" else data_groups
+            for holder in holders:
+                group = holder.create_group("quality1")
+                group_what = group.create_group("what")
+                group_what.attrs["quantity"] = _ascii("QIND")
+                group_what.attrs["gain"] = np.float64(1 / 255)
+                group_what.attrs["offset"] = np.float64(0.0)
+                group.create_dataset("data", data=quality_raw)
     return path
 
 
-def knmi_time(moment: datetime) -> np.bytes_:
+def knmi_time(moment: datetime) -> str:
     """KNMI's time format, e.g. 26-AUG-2010;02:55:00.000."""
-    return _ascii(moment.strftime("%d-%b-%Y;%H:%M:%S.000").upper())
+    return moment.strftime("%d-%b-%Y;%H:%M:%S.000").upper()
+
+
+def _knmi_texts(holder: h5py.HLObject, *, array: bool = False, **values: str) -> None:
+    """String attributes as KNMI writes them: fixed-length, null-terminated ASCII, scalars or
+    (`array`) 1-element arrays."""
+    for name, value in values.items():
+        string_type = h5py.h5t.C_S1.copy()
+        string_type.set_size(len(value) + 1)
+        string_type.set_strpad(h5py.h5t.STR_NULLTERM)
+        data = np.array([value] if array else value, dtype=f"S{len(value) + 1}")
+        holder.attrs.create(name, data, dtype=h5py.Datatype(string_type))
+
+
+def _knmi_numbers(holder: h5py.HLObject, dtype: type, **values: list[float]) -> None:
+    for name, value in values.items():
+        holder.attrs[name] = np.array(value, dtype)
 
 
 def write_knmi(
@@ -116,59 +143,93 @@ def write_knmi(
     pixels: np.ndarray,
     end: datetime,
     *,
-    geo_parameter: str | None = "REFLECTIVITY_[DBZ]",
-    formula: str = "GEO = 0.500000 * PV + -32.000000",
-    missing_data: int = 0,
-    out_of_image: int = 255,
+    geo_parameter: str | None = "ACCUMULATED_PRECIPITATION_[MM]",
+    formula: str = "GEO=0.01*PV+0.0",
+    missing_data: int = 65535,
+    out_of_image: int = 65535,
     interval_minutes: int = 5,
+    image_groups: int = 1,
 ) -> Path:
-    """A KNMI HDF5 composite holding `pixels` (rows, columns) as /image1/image_data."""
+    """A KNMI HDF5 composite holding `pixels` (rows, columns) as /image1/image_data.
+
+    By default every group, dataset and attribute of RAD_NL25_RAP_5min_*.h5 (the 5-minute
+    accumulation, uint16 PV in 0.01 mm), with the real names, types and shapes. Other products
+    by the keywords: RAD_NL25_PCP_NA is uint8 `pixels` with geo_parameter="REFLECTIVITY_[DBZ]",
+    formula="GEO = 0.500000 * PV + -32.000000", missing_data=0, out_of_image=255;
+    `image_groups` > 1 writes image1, image2, ... as KNMI's forecasts do (one per lead time).
+    """
     rows, cols = pixels.shape
     start = end - timedelta(minutes=interval_minutes)
     with h5py.File(path, "w") as f:
-        overview = f.create_group("overview")
-        overview.attrs["hdftag_version_number"] = _ascii("3.6")
-        overview.attrs["number_image_groups"] = np.array([1], np.int32)
-        overview.attrs["number_radar_groups"] = np.array([2], np.int32)
-        overview.attrs["product_datetime_start"] = knmi_time(start)
-        overview.attrs["product_datetime_end"] = knmi_time(end)
-        overview.attrs["product_group_name"] = _ascii(f"RAD_NL25_PCP_NA_{end:%Y%m%d%H%M}")
-        overview.attrs["products_missing"] = _ascii("NA")
         geographic = f.create_group("geographic")
-        geographic.attrs["geo_column_offset"] = np.array([0.0], np.float32)
-        geographic.attrs["geo_dim_pixel"] = _ascii("KM,KM")
-        geographic.attrs["geo_number_columns"] = np.array([cols], np.int32)
-        geographic.attrs["geo_number_rows"] = np.array([rows], np.int32)
-        geographic.attrs["geo_par_pixel"] = _ascii("X,Y")
-        geographic.attrs["geo_pixel_def"] = _ascii("LU")
-        geographic.attrs["geo_pixel_size_x"] = np.array([1.0000035], np.float32)
-        geographic.attrs["geo_pixel_size_y"] = np.array([-1.0000048], np.float32)
-        geographic.attrs["geo_product_corners"] = np.array(
-            [0.0, 49.362, 0.0, 55.974, 10.856, 55.389, 9.009, 48.895], np.float32
+        _knmi_numbers(
+            geographic,
+            np.float32,
+            geo_column_offset=[0.0],
+            geo_pixel_size_x=[1.0],
+            geo_pixel_size_y=[-1.0],
+            geo_product_corners=[0.0, 49.362, 0.0, 55.974, 10.856, 55.389, 9.009, 48.895],
+            geo_row_offset=[3650.0],
         )
-        geographic.attrs["geo_row_offset"] = np.array([3650.0], np.float32)
+        _knmi_numbers(geographic, np.int32, geo_number_columns=[cols], geo_number_rows=[rows])
+        _knmi_texts(geographic, geo_dim_pixel="KM,KM", geo_par_pixel="X,Y", geo_pixel_def="LU")
         projection = geographic.create_group("map_projection")
-        projection.attrs["projection_indication"] = _ascii("Y")
-        projection.attrs["projection_name"] = _ascii("STEREOGRAPHIC")
-        projection.attrs["projection_proj4_params"] = _ascii(KNMI_PROJ4)
-        image = f.create_group("image1")
-        image.attrs["image_bytes_per_pixel"] = np.array([pixels.dtype.itemsize], np.int32)
-        if geo_parameter is not None:
-            image.attrs["image_geo_parameter"] = _ascii(geo_parameter)
-        image.attrs["image_product_name"] = _ascii("RAD_NL25_PCP_NA")
-        image.attrs["image_size"] = np.array([pixels.size], np.int32)
-        data = image.create_dataset("image_data", data=pixels, compression="gzip")
-        data.attrs["CLASS"] = _ascii("IMAGE")
-        data.attrs["VERSION"] = _ascii("1.2")
-        calibration = image.create_group("calibration")
-        calibration.attrs["calibration_flag"] = _ascii("Y")
-        calibration.attrs["calibration_formulas"] = _ascii(formula)
-        calibration.attrs["calibration_missing_data"] = np.array([missing_data], np.int32)
-        calibration.attrs["calibration_out_of_image"] = np.array([out_of_image], np.int32)
-        for k, name in enumerate(("DeBilt", "DenHelder"), start=1):
+        _knmi_texts(
+            projection,
+            projection_indication="Y",
+            projection_name="STEREOGRAPHIC",
+            projection_proj4_params=KNMI_PROJ4,
+        )
+        for k in range(1, image_groups + 1):
+            image = f.create_group(f"image{k}")
+            _knmi_numbers(
+                image, np.int32, image_bytes_per_pixel=[pixels.itemsize], image_size=[pixels.size]
+            )
+            if geo_parameter is not None:
+                _knmi_texts(image, image_geo_parameter=geo_parameter)
+            _knmi_texts(image, image_product_name="RAD_NL25_RAU_H1.5_5mi")
+            calibration = image.create_group("calibration")
+            _knmi_texts(calibration, calibration_flag="Y", calibration_formulas=formula)
+            _knmi_numbers(
+                calibration,
+                np.int32,
+                calibration_missing_data=[missing_data],
+                calibration_out_of_image=[out_of_image],
+            )
+            data = image.create_dataset(
+                "image_data",
+                data=pixels,
+                chunks=pixels.shape,
+                compression="gzip",
+                compression_opts=6,
+            )
+            _knmi_texts(data, array=True, CLASS="IMAGE", VERSION="1.2")
+            statistics = image.create_group("statistics")
+            _knmi_numbers(statistics, np.float32, stat_max_value=[0.0], stat_min_value=[0.0])
+        overview = f.create_group("overview")
+        _knmi_texts(overview, hdftag_version_number="3.5")
+        _knmi_numbers(
+            overview,
+            np.int32,
+            number_image_groups=[image_groups],
+            number_radar_groups=[2],
+            number_satellite_groups=[0],
+            number_station_groups=[0],
+        )
+        _knmi_texts(
+            overview,
+            array=True,
+            product_datetime_end=knmi_time(end),
+            product_datetime_start=knmi_time(start),
+        )
+        _knmi_texts(overview, product_group_name="RAD_NL25_RAU_5mi", products_missing="NA")
+        for k, (name, location) in enumerate(
+            (("De_Bilt", [5.179, 52.103]), ("Den_Helder", [4.79, 52.955])), start=1
+        ):
             radar = f.create_group(f"radar{k}")
-            radar.attrs["radar_name"] = _ascii(name)
-            radar.attrs["radar_location"] = np.array([5.18, 52.1], np.float32)
+            _knmi_numbers(radar, np.float32, radar_location=location)
+            _knmi_texts(radar, radar_name=name)
+        _knmi_numbers(f["radar1"], np.int32, radar_num_contrib=[1])  # only radar1 has it
     return path
 
 

@@ -70,10 +70,22 @@ def test_odim_folder_to_store(tmp_path):
         assert np.all(frames[k][raw == 0] == store.undetect_value)
 
 
+def _knmi_pixels(seed: int) -> np.ndarray:
+    """RAD_NL25_RAP_5min pixels: 0.01 mm in 5 minutes (none dry: see test_knmi), 65535 missing."""
+    pixels = np.random.default_rng(seed).integers(1, 300, size=(ROWS, COLS)).astype(np.uint16)
+    pixels[:2, :] = 65535  # outside the radars' range
+    return pixels
+
+
+def _knmi_dbz(pixels: np.ndarray) -> np.ndarray:
+    return np.where(pixels == 65535, np.nan, rain_to_dbz(pixels * 0.01 * 12))
+
+
 def _knmi_folder(folder: Path, n: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for k in range(n):
-        write_knmi(folder / f"RAD_NL25_PCP_NA_{k:03d}.h5", _raw(k), T0 + timedelta(minutes=5 * k))
+        end = T0 + timedelta(minutes=5 * k)
+        write_knmi(folder / f"RAD_NL25_RAP_5min_{k:03d}.h5", _knmi_pixels(k), end)
     return folder
 
 
@@ -99,11 +111,9 @@ def test_crop_and_block_average_in_rain_rate_then_crop_the_store_again(tmp_path)
         COLS,
         ROWS,
     )
-    assert grid["xscale"] == pytest.approx(2000.007) and "source_geo_row_offset" in grid
+    assert grid["xscale"] == 2000.0 and "source_geo_row_offset" in grid
 
-    dbz = _raw(1).astype(np.float64) * 0.5 - 32.0
-    dbz[(_raw(1) == 0) | (_raw(1) == 255)] = np.nan
-    window = dbz[2:10, 1:9]
+    window = _knmi_dbz(_knmi_pixels(1))[2:10, 1:9]
     for row in range(4):
         for col in range(4):
             block = window[2 * row : 2 * row + 2, 2 * col : 2 * col + 2]
@@ -176,16 +186,15 @@ def test_sevir_events_become_store_events(tmp_path):
 
 def test_duplicate_times_keep_the_first_file_and_warn(tmp_path, caplog):
     source = _knmi_folder(tmp_path / "knmi", 3)
-    write_knmi(source / "RAD_NL25_PCP_NA_zzz.h5", _raw(9), T0 + timedelta(minutes=5))
+    write_knmi(source / "RAD_NL25_RAP_5min_zzz.h5", _knmi_pixels(9), T0 + timedelta(minutes=5))
     with caplog.at_level(logging.WARNING):
         result = convert(_config(format="knmi", input=str(source), output=str(tmp_path / "s.h5")))
     assert result.frames == 3 and result.duplicates == 1
     assert "duplicate time 2024-06-01T12:05:00Z: kept" in caplog.text
-    assert "RAD_NL25_PCP_NA_zzz.h5" in caplog.text.split("skipped")[1]
+    assert "RAD_NL25_RAP_5min_zzz.h5" in caplog.text.split("skipped")[1]
     kept = Store(result.path).read(1, 2)[0]
-    raw = _raw(1)
-    expected = np.where((raw == 0) | (raw == 255), np.nan, raw * 0.5 - 32.0)  # not _raw(9)
-    np.testing.assert_array_equal(kept, expected.astype(np.float32))
+    expected = _knmi_dbz(_knmi_pixels(1))  # not _knmi_pixels(9)
+    np.testing.assert_allclose(kept, expected, atol=0.25 + 1e-6)  # the store's 0.5 dBZ steps
 
 
 def test_existing_output_is_not_overwritten_without_overwrite(tmp_path):
@@ -200,6 +209,76 @@ def test_existing_output_is_not_overwritten_without_overwrite(tmp_path):
     assert convert(cfg).frames == 3
 
 
+def _clutter_folder(folder: Path, **odim_options) -> Path:
+    """Three ODIM frames of 40 dBZ rain with one 90 dBZ clutter pixel at (0, 0)."""
+    folder.mkdir()
+    raw = np.full((4, 4), (40.0 + 32.0) / 0.5, np.uint8)
+    raw[0, 0] = (90.0 + 32.0) / 0.5  # 14,000 mm/h at Marshall-Palmer
+    for k in range(3):
+        write_odim(folder / f"comp_{k}.h5", raw, T0 + timedelta(minutes=5 * k), **odim_options)
+    return folder
+
+
+def test_max_rain_mmh_masks_clutter_before_block_averaging(tmp_path):
+    source = _clutter_folder(tmp_path / "odim")
+    frames = {}
+    for cap in (None, 150.0):
+        cfg = _config(
+            format="odim", input=str(source), output=str(tmp_path / f"{cap}.h5"), downsample=2
+        )
+        cfg.max_rain_mmh = cap
+        frames[cap] = Store(convert(cfg).path).read(0, 3)
+    # Uncapped, the clutter pixel dominates its block's average rain rate.
+    rain = dbz_to_rain(np.array([90.0, 40.0, 40.0, 40.0]))
+    assert frames[None][0, 0, 0] == pytest.approx(rain_to_dbz(rain.mean()), abs=0.25)
+    # Capped, it is no data, and its block is the average of the three others (40 dBZ).
+    assert np.all(frames[150.0] == 40.0)
+
+
+def test_min_quality_masks_odim_pixels_of_low_qind(tmp_path):
+    quality = np.full((4, 4), 255, np.uint8)
+    quality[0, 0] = 20  # the clutter pixel: QIND 0.08
+    source = _clutter_folder(tmp_path / "odim", quality=quality)
+    cfg = _config(format="odim", input=str(source), output=str(tmp_path / "s.h5"))
+    cfg.min_quality = 0.5
+    frames = Store(convert(cfg).path).read(0, 3)
+    pixels = frames.reshape(3, -1)
+    assert np.all(np.isnan(pixels[:, 0])) and np.all(pixels[:, 1:] == 40.0)
+    cfg.min_quality, cfg.overwrite = 1.5, True
+    with pytest.raises(ValueError, match=r"min_quality is a QIND quality index from 0 to 1"):
+        convert(cfg)
+
+
+def test_max_rain_mmh_is_refused_for_vil(tmp_path):
+    vil = np.zeros((1, 8, 8, 49), np.uint8)
+    path = write_sevir(tmp_path / "sevir", vil, ["S1"], ["2019-06-01 12:00:00"])
+    cfg = _config(format="sevir", input=str(path), output=str(tmp_path / "v.h5"))
+    cfg.max_rain_mmh = 150.0
+    with pytest.raises(
+        ValueError, match=r"max_rain_mmh caps rain rates, but these frames are SEV"
+    ):
+        convert(cfg)
+
+
+def test_the_field_read_of_files_holding_several_is_logged_once(tmp_path, caplog):
+    folder = tmp_path / "odim"
+    folder.mkdir()
+    for k in range(4):
+        write_odim(
+            folder / f"comp_{k}.h5",
+            _raw(k),
+            T0 + timedelta(minutes=5 * k),
+            extra_data={"TH": _raw(k)},
+        )
+    with caplog.at_level(logging.INFO, logger="nowcast.data.convert"):
+        convert(_config(format="odim", input=str(folder), output=str(tmp_path / "s.h5")))
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("read ")]
+    assert said == [
+        f"read /dataset1/data1 (DBZH), not /dataset1/data2 (TH) of {folder / 'comp_0.h5'} "
+        "and 3 more file(s); pass quantity= to read another"
+    ]
+
+
 @pytest.mark.parametrize(
     "options, match",
     [
@@ -210,7 +289,9 @@ def test_existing_output_is_not_overwritten_without_overwrite(tmp_path):
         ({"crop": {"height": 13}}, r"crop.height must be from 1 to the source's 12 pixels"),
         ({"crop": {"top": 6, "height": 8}}, r"crop.top \+ crop.height must stay inside"),
         ({"format": "nexrad"}, r"unknown format, allowed: odim, knmi, sevir, store"),
-        ({"quantity": "VRADH"}, r"format=knmi reads quantity= DBZH, ACRR, RATE"),
+        ({"quantity": "VRADH"}, r"format=knmi reads quantity= ACRR, DBZH"),
+        ({"min_quality": 0.5}, r"min_quality masks by the ODIM quality field \(QIND\), which "),
+        ({"max_rain_mmh": 0.0}, r"max_rain_mmh must be > 0 \(or null\), Received: 0.0"),
     ],
 )
 def test_bad_options(tmp_path, options, match):

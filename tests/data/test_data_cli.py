@@ -57,6 +57,21 @@ def test_convert_then_info(tmp_path, capsys):
         assert expected in stdout
 
 
+def test_info_flags_clutter_that_convert_max_rain_mmh_masks(tmp_path, capsys):
+    source = tmp_path / "odim"
+    source.mkdir()
+    raw = np.full((8, 8), 144, np.uint8)  # 40 dBZ
+    raw[0, 0] = 244  # 90 dBZ: clutter
+    for k in range(3):
+        write_odim(source / f"comp_{k}.h5", raw, T0 + timedelta(minutes=5 * k))
+    out = tmp_path / "store.h5"
+    for cap, flagged in (("null", True), ("150", False)):
+        arguments = (f"input={source}", f"output={out}", "overwrite=true", f"max_rain_mmh={cap}")
+        assert _run(capsys, "convert", "format=odim", *arguments)[0] == 0
+        code, stdout, _ = _run(capsys, "info", f"input={out}")
+        assert code == 0 and ("likely clutter; convert with max_rain_mmh=150" in stdout) == flagged
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -6,19 +6,20 @@ import numpy as np
 
 from nowcast.data.info import describe_store
 from nowcast.data.store import write_store
-from nowcast.units import dbz_to_rain
+from nowcast.units import dbz_to_rain, rain_to_dbz
 
 GRID = {"projdef": "+proj=aeqd +lat_0=52 +lon_0=5", "xscale": 2000.0, "yscale": 2000.0}
 
 
-def _store(tmp_path, quantity="DBZH", value=30.0):
+def _store(folder, quantity="DBZH", value=30.0):
     frames = np.full((10, 4, 5), -np.inf, np.float32)
     frames[4:, :2, :4] = value  # 6 wet frames of 10 wet pixels
     frames[4:, 2, :2] = value
     frames[:, :, 4] = np.nan  # a column outside coverage
     times = 1_717_200_000 + 300 * np.delete(np.arange(12), [3, 4])  # 2 frames missing
+    folder.mkdir(exist_ok=True)
     return write_store(
-        tmp_path / "s.h5", frames, times, grid=GRID, minutes_per_frame=5, quantity=quantity
+        folder / "s.h5", frames, times, grid=GRID, minutes_per_frame=5, quantity=quantity
     )
 
 
@@ -46,3 +47,16 @@ def test_vil_store(tmp_path):
     assert "VIL in VIL level: 1 to 254 in steps of 1; no echo reads 0" in text
     assert ">= 133 (" in text and "37.50 % of valid pixels" in text
     assert ">= 160 (" in text and "kg/m2)" in text
+
+
+def test_implausible_rain_rates_are_flagged_as_likely_clutter(tmp_path):
+    assert "warning" not in describe_store(_store(tmp_path / "rain"))
+    clutter = float(rain_to_dbz(8647.0))
+    text = describe_store(_store(tmp_path / "clutter", value=clutter))
+    warning = text.splitlines()[-1].strip()
+    peak = dbz_to_rain(np.round(clutter * 2) / 2)  # as the store's 0.5 dBZ steps hold it
+    assert warning == (
+        f"warning: max {peak:.0f} mm/h is above 150 mm/h (37.5000 % of valid pixels): likely "
+        "clutter; convert with max_rain_mmh=150 or, for ODIM, min_quality= (QIND masking)"
+    )
+    assert "warning" not in describe_store(_store(tmp_path / "vil", quantity="VIL", value=254.0))

@@ -132,3 +132,59 @@ def test_accumulation_needs_its_interval(tmp_path):
     path = write_odim(tmp_path / "c.h5", RAW, WHEN, quantity="ACRR", accumulation_minutes=0)
     with pytest.raises(SourceError, match="c.h5: ACRR needs the accumulation interval"):
         _scan(path)
+
+
+@pytest.mark.parametrize("object_type", ["PVOL", "SCAN"])
+def test_polar_volumes_and_scans_are_refused_in_one_line(tmp_path, object_type):
+    path = write_odim(tmp_path / "c.h5", RAW, WHEN, object_type=object_type)
+    with pytest.raises(SourceError) as caught:
+        _scan(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is an ODIM {object_type} (/what object)")
+    assert "composites and images (object COMP, IMAGE, CVOL)" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("object_type", ["COMP", "IMAGE", "CVOL"])
+def test_gridded_objects_are_read(tmp_path, object_type):
+    assert _scan(write_odim(tmp_path / "c.h5", RAW, WHEN, object_type=object_type)).shape == (3, 4)
+
+
+def test_the_frame_says_which_of_several_readable_fields_it_read(tmp_path):
+    assert _scan(write_odim(tmp_path / "one.h5", RAW, WHEN)).choice is None
+    path = write_odim(
+        tmp_path / "c.h5", RAW, WHEN, quantity="VRADH", extra_data={"TH": RAW, "DBZH": RAW}
+    )
+    assert _scan(path).choice == "/dataset1/data2 (TH), not /dataset1/data3 (DBZH)"
+    assert _scan(path, quantity="DBZH").choice is None  # the only DBZH
+    _edit(path, lambda f: f.copy("dataset1", "dataset2"))
+    assert (
+        _scan(path, quantity="DBZH").choice == "/dataset1/data3 (DBZH), not /dataset2/data3 (DBZH)"
+    )
+
+
+QUALITY = np.array([[255, 0, 100, 255], [102, 255, 101, 0], [255, 255, 50, 200]], np.uint8)
+
+
+@pytest.mark.parametrize("quality_in", ["data", "dataset"])
+def test_min_quality_masks_pixels_of_lower_qind(tmp_path, quality_in):
+    path = write_odim(tmp_path / "c.h5", RAW, WHEN, quality=QUALITY, quality_in=quality_in)
+    (frame,) = scan_odim(path, quantity=None, min_quality=0.4, **ZR)
+    dbz = frame.read()
+    low = QUALITY * (1 / 255) < 0.4  # QIND's own gain, not the data's 0.5
+    assert np.all(np.isnan(dbz[low]))
+    np.testing.assert_array_equal(dbz[~low], _scan(path).read()[~low])
+    assert not np.isnan(dbz[1, 0]) and np.isnan(dbz[1, 2])  # 102/255 = 0.4 is kept, 101 not
+
+
+def test_unknown_quality_is_masked_and_a_missing_qind_is_one_line(tmp_path):
+    path = write_odim(tmp_path / "c.h5", RAW, WHEN, quality=QUALITY)
+    _edit(path, lambda f: f["dataset1/data1/quality1/what"].attrs.__setitem__("nodata", 255.0))
+    (frame,) = scan_odim(path, quantity=None, min_quality=0.0, **ZR)
+    np.testing.assert_array_equal(np.isnan(frame.read()), (QUALITY == 255) | (RAW == 255))
+    bare = write_odim(tmp_path / "bare.h5", RAW, WHEN, quality_in=None)
+    with pytest.raises(SourceError) as caught:
+        scan_odim(bare, quantity=None, min_quality=0.5, **ZR)
+    assert str(caught.value) == (
+        f"{bare} has no QIND quality field for /dataset1/data1 (looked in "
+        "/dataset1/data1/qualityK and /dataset1/qualityK); convert without min_quality="
+    )
