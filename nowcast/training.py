@@ -35,7 +35,6 @@ import contextlib
 import csv
 import json
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -81,7 +80,7 @@ from nowcast.io import (
     written_atomically,
 )
 from nowcast.losses import make_loss
-from nowcast.model import build_model
+from nowcast.model import build_model, frame_multiple
 
 log = logging.getLogger(__name__)
 
@@ -175,22 +174,21 @@ def check_patch_size(
     """A ValueError naming `data.patch_size` if the model cannot train on such patches.
 
     It trains on patches and validates on whole frames, so it must take any frame size that
-    its downsample strides divide: no peephole weights (one per pixel of the built size), no
-    keras.layers.ConvLSTM2D.
+    its downsample strides divide (nowcast.model.frame_multiple).
     """
     if patch_size is None:
         return
-    if model_cfg.peephole or model_cfg.recurrent != "fused":
+    multiple = frame_multiple(model_cfg)
+    if multiple is None:
         raise ValueError(
             f"data.patch_size={patch_size} needs a model that takes any frame size, but "
             f"model.peephole={model_cfg.peephole} and model.recurrent={model_cfg.recurrent} "
             "take only the size they were built for; unset data.patch_size"
         )
-    strides = math.prod(stage.downsample_stride for stage in model_cfg.stages)
-    if patch_size % strides or not strides <= patch_size <= min(frame_shape):
+    if patch_size % multiple or not multiple <= patch_size <= min(frame_shape):
         raise ValueError(
             f"data.patch_size={patch_size} must be a multiple of the model's downsample "
-            f"strides ({strides}) no larger than the {frame_shape[0]} x {frame_shape[1]} frames"
+            f"strides ({multiple}) no larger than the {frame_shape[0]} x {frame_shape[1]} frames"
         )
 
 

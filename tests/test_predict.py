@@ -3,13 +3,17 @@
 The run is trained on a store converted from ODIM_H5 files with `downsample=2`, as a user
 converts an archive; the newest ODIM files of the same product then go to `predict` as they
 come from the radar network, on the source grid, stamped a few seconds after the minute.
+Files of another product with the store's 4-km pixels and 5-minute step are forecast on their
+own grid; other pixel sizes and time steps are refused.
 """
 
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -30,17 +34,41 @@ from nowcast.units import dbz_to_rain
 
 N_IN = N_OUT = 3  # debug=fast
 SCAN_DELAY_S = 7  # radar products are stamped a few seconds after the nominal time
+STRIDES = 4  # the run's downsample stride: the model takes frame sides that 4 divides
+OTHER_PROJDEF = "+proj=stere +lat_0=90 +lon_0=0 +lat_ts=60 +units=m"
 
 
-def write_odim_files(folder: Path, frames_dbz: np.ndarray, times: np.ndarray) -> list[Path]:
-    """One ODIM_H5 composite per frame, each pixel of the (T, H, W) frames as 2x2 pixels."""
+def write_odim_files(
+    folder: Path,
+    frames_dbz: np.ndarray,
+    times: np.ndarray,
+    *,
+    repeat: int = 2,
+    where: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """One ODIM_H5 composite per frame, each pixel of the (T, H, W) frames as `repeat` x
+    `repeat` pixels; `where` replaces attributes of write_odim's grid (2-km pixels)."""
     folder.mkdir(parents=True, exist_ok=True)
-    raw = encode(np.repeat(np.repeat(frames_dbz, 2, axis=1), 2, axis=2), REFLECTIVITY)
+    raw = encode(np.repeat(np.repeat(frames_dbz, repeat, axis=1), repeat, axis=2), REFLECTIVITY)
     paths = []
     for frame, time in zip(raw, times, strict=True):
         when = datetime.fromtimestamp(int(time) + SCAN_DELAY_S, tz=timezone.utc)
         paths.append(write_odim(folder / f"comp_{when:%Y%m%d%H%M}.h5", frame, when))
+        with h5py.File(paths[-1], "r+") as f:
+            f["where"].attrs.update(where or {})
     return paths
+
+
+def write_other_grid(odim: dict, folder: Path) -> np.ndarray:
+    """The store's three newest frames inside 47 x 42 ODIM composites of another projection
+    with 4-km pixels (the model's, to 0.5 %); returns their (3, 47, 42) dBZ, NaN = no data."""
+    with open_store(odim["store"]) as store:
+        frames, times = store.read(len(store) - 3, len(store)), store.times[-3:]
+    frames_dbz = np.full((3, 47, 42), np.nan, np.float32)
+    frames_dbz[:, 5:37, 3:35] = frames  # placed off-centre, so that a shifted crop shows
+    where = {"projdef": np.bytes_(OTHER_PROJDEF), "xscale": 4000.0, "yscale": 3980.0}
+    write_odim_files(folder, frames_dbz, times, repeat=1, where=where)
+    return frames_dbz
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +88,16 @@ def odim(tiny_store, tmp_path_factory):
 
 @pytest.fixture
 def odim_run(odim, fast_config, tmp_path_factory, trained_runs) -> Path:
-    """A `debug=fast` run on the converted ODIM store, trained once for this module."""
+    """A `debug=fast` run on the converted ODIM store, trained once for this module, with a
+    stride of 4: a crop to its multiples differs from one to the even sides advection needs."""
     if "run" not in trained_runs:
         output_dir = tmp_path_factory.mktemp("odim_run")
         cfg = fast_config(
-            f"paths.output_dir={output_dir}", f"data.path={odim['store']}", "trainer.verbose=0"
+            f"paths.output_dir={output_dir}",
+            f"data.path={odim['store']}",
+            "trainer.verbose=0",
+            f"model.stages.0.downsample_stride={STRIDES}",
+            f"model.stages.0.downsample_kernel={STRIDES}",
         )
         from nowcast.training import train
 
@@ -95,6 +128,7 @@ def test_forecast_from_radar_files_on_the_source_grid(odim, odim_run, newest_fil
     )
     assert result.path == output and result.pictures == []
     assert sorted(p.name for p in output.parent.iterdir()) == ["forecast.h5"]
+    assert result.grid_note is None and "own grid" not in result.summary
 
     issue_time = int(odim["times"][-1])  # snapped back to the minute
     with h5py.File(output) as f, open_store(odim["store"]) as store:
@@ -123,8 +157,40 @@ def test_forecast_from_radar_files_on_the_source_grid(odim, odim_run, newest_fil
             f"run={odim_run}", f"input={odim['store']}", f"output={tmp_path / 'store.h5'}"
         )
     )
-    assert from_store.issue_time == issue_time
+    assert from_store.issue_time == issue_time and from_store.grid_note is None
     np.testing.assert_allclose(from_store.forecast, forecast, rtol=1e-5, atol=1e-6)
+
+
+def test_forecast_on_another_grid_of_the_models_pixel_size(odim, odim_run, tmp_path):
+    frames_dbz = write_other_grid(odim, tmp_path / "feed")
+    output = tmp_path / "forecast.h5"
+    result = predict(
+        predict_config(f"run={odim_run}", f"input={tmp_path / 'feed'}", f"output={output}")
+    )
+    # The centre of 47 x 42 pixels whose sides the stride divides: 44 x 40 from (1, 1).
+    assert result.forecast.shape == (N_OUT, 44, 40)
+    coverage = ~np.isnan(frames_dbz[-1, 1:45, 1:41])
+    assert coverage.any() and not coverage.all()
+    np.testing.assert_array_equal(
+        ~np.isnan(result.forecast), np.broadcast_to(coverage, result.forecast.shape)
+    )
+    assert result.summary.endswith(
+        "\nForecast on the input's own grid, not the training store's: 47 x 42 pixels of "
+        "4000 x 3980 m, cropped to its centre 44 x 40 from row 1, column 1, as the model takes "
+        "sides that are multiples of 4 (/grid in the forecast file records the crop)."
+    )
+    with h5py.File(output) as f:
+        grid = dict(f["grid"].attrs)
+        assert f["forecast"].shape == (N_OUT, 44, 40)
+    assert grid["projdef"] == OTHER_PROJDEF
+    assert {key: grid[key] for key in ("ysize", "xsize", "xscale", "yscale")} == {
+        "ysize": 44,
+        "xsize": 40,
+        "xscale": 4000.0,
+        "yscale": 3980.0,
+    }
+    crop = ("crop_top", "crop_left", "downsample", "source_ysize", "source_xsize")
+    assert [grid[key] for key in crop] == [1, 1, 1, 47, 42]
 
 
 def test_a_gap_among_the_newest_files_writes_nothing(odim_run, newest_files, tmp_path, capsys):
@@ -138,17 +204,86 @@ def test_a_gap_among_the_newest_files_writes_nothing(odim_run, newest_files, tmp
     assert not output.parent.exists()
 
 
-def test_files_of_another_grid_write_nothing(odim, odim_run, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("pixel_m", "fix"),
+    [
+        (  # write_odim's 2-km pixels: half the model's
+            2000.0,
+            "make a store of 4000 x 4000 m pixels from these files with nowcast-data convert "
+            "downsample=2 and pass it as input=, or use a run trained on a store of "
+            "2000 x 2000 m pixels",
+        ),
+        (
+            8000.0,
+            "use a run trained on a store of 8000 x 8000 m pixels (nowcast-data convert "
+            "downsample=2 makes one of 4000-m files)",
+        ),
+        (4100.0, "use a run trained on a store of 4100 x 4100 m pixels"),  # 2.5 % larger
+    ],
+)
+def test_files_of_another_pixel_size_write_nothing(odim, odim_run, tmp_path, capsys, pixel_m, fix):
     with open_store(odim["store"]) as store:
         frames, times = store.read(len(store) - 3, len(store)), store.times[-3:]
     feed = tmp_path / "feed"
-    write_odim_files(feed, frames[:, :24, :24], times)  # 48x48 pixels of the same product
+    where = {"xscale": pixel_m, "yscale": pixel_m}
+    newest = write_odim_files(feed, frames[:, :24, :24], times, where=where)[-1]  # 48 x 48
     output = tmp_path / "forecast.h5"
     cfg = predict_config(f"run={odim_run}", f"input={feed}", f"output={output}")
     line = fails_with_one_line(lambda: predict(cfg), capsys)
-    assert "is not on the model's grid" in line and str(odim["store"]) in line
-    assert "ysize=48 (the model's: 32); xsize=48 (the model's: 32)" in line
+    assert line.endswith(
+        f"{newest} has pixels of another size than the model's (those of {odim['store']}): "
+        f"yscale={pixel_m} (the model's: 4000.0); xscale={pixel_m} (the model's: 4000.0); {fix}"
+    )
     assert not output.exists() and sorted(tmp_path.iterdir()) == [feed]
+
+
+def test_frames_of_different_grids_write_nothing(odim, odim_run, tmp_path, capsys):
+    with open_store(odim["store"]) as store:
+        frames, times = store.read(len(store) - 3, len(store)), store.times[-3:]
+    where = {"xscale": 4000.0, "yscale": 4000.0}
+    older = write_odim_files(tmp_path / "feed", frames[:2, :20, :20], times[:2], where=where)
+    newest = write_odim_files(tmp_path / "feed", frames[2:, :24, :24], times[2:], where=where)
+    cfg = predict_config(
+        f"run={odim_run}", f"input={tmp_path / 'feed'}", f"output={tmp_path / 'forecast.h5'}"
+    )
+    line = fails_with_one_line(lambda: predict(cfg), capsys)
+    assert line.endswith(
+        f"{older[0]} is on another grid than the newest frame, {newest[0]}: ysize=40 (the "
+        "newest's: 48); xsize=40 (the newest's: 48); pass frames of one grid"
+    )
+
+
+@pytest.mark.parametrize("one_size", ["model.peephole=true", "model.recurrent=keras"])
+def test_a_model_of_one_frame_size_takes_only_its_grid(odim, odim_run, tmp_path, capsys, one_size):
+    run = tmp_path / "run"
+    shutil.copytree(odim_run, run)
+    run_cfg = OmegaConf.load(run / "config.yaml")
+    run_cfg.merge_with_dotlist([one_size])
+    OmegaConf.save(run_cfg, run / "config.yaml")
+    write_other_grid(odim, tmp_path / "feed")  # the model's pixel size, 47 x 42 of them
+    output = tmp_path / "forecast.h5"
+    cfg = predict_config(f"run={run}", f"input={tmp_path / 'feed'}", f"output={output}")
+    line = fails_with_one_line(lambda: predict(cfg), capsys)
+    assert f"is not on the model's grid (that of {odim['store']}): " in line
+    assert "ysize=47 (the model's: 32); xsize=42 (the model's: 32); projdef=" in line
+    assert line.endswith("; pass radar files or a store on that grid")
+    assert not output.exists()
+
+
+def test_frames_of_another_time_step_write_nothing(odim, odim_run, tmp_path, capsys):
+    with open_store(odim["store"]) as store:
+        every_other = np.arange(len(store) - 5, len(store), 2)  # a 10-minute archive
+        frames, times = store.read(len(store) - 5, len(store))[::2], store.times[every_other]
+    write_odim_files(tmp_path / "feed", frames, times)
+    output = tmp_path / "forecast.h5"
+    cfg = predict_config(f"run={odim_run}", f"input={tmp_path / 'feed'}", f"output={output}")
+    line = fails_with_one_line(lambda: predict(cfg), capsys)
+    assert line.endswith(
+        f"the newest 3 frames of {tmp_path / 'feed'} are 10 min apart, but the model forecasts "
+        f"in steps of 5 min, the time step of its training store ({odim['store']}); pass "
+        "frames 5 min apart, or use a run trained on a store of 10-min frames"
+    )
+    assert not output.exists()
 
 
 def test_frames_off_the_time_step_write_nothing(odim, odim_run, tmp_path, capsys):

@@ -2,6 +2,12 @@
 
 from nowcast.model.cell import ConvLSTM, FusedConvLSTMCell
 from nowcast.model.encoder_forecaster import EncoderForecaster
-from nowcast.model.registry import build_model
+from nowcast.model.registry import build_model, frame_multiple
 
-__all__ = ["ConvLSTM", "EncoderForecaster", "FusedConvLSTMCell", "build_model"]
+__all__ = [
+    "ConvLSTM",
+    "EncoderForecaster",
+    "FusedConvLSTMCell",
+    "build_model",
+    "frame_multiple",
+]

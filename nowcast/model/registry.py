@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import keras
 from omegaconf import DictConfig, OmegaConf
 
+from nowcast.model.advection import COARSENING
 from nowcast.model.encoder_forecaster import EncoderForecaster
 
 MODELS: dict[str, type[keras.Model]] = {"encoder_forecaster": EncoderForecaster}
@@ -57,3 +59,17 @@ def build_model(
             )
         model.build((None, None, *input_shape))
     return model
+
+
+def frame_multiple(model_cfg) -> int | None:
+    """What the sides of the frames a model takes must be multiples of; None if it takes only
+    the frame size it was built for.
+
+    Peephole weights hold one value per pixel and keras.layers.ConvLSTM2D is built for one
+    size; otherwise the network is fully convolutional and needs sides that its downsample
+    strides divide, and even sides with advection, which matches motion on 2 x 2 pixel means.
+    """
+    if model_cfg.peephole or model_cfg.recurrent != "fused":
+        return None
+    strides = math.prod(stage.downsample_stride for stage in model_cfg.stages)
+    return math.lcm(strides, COARSENING) if model_cfg.advection else strides
