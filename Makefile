@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install train smoke evaluate plot test test-full lint format clean clean-logs bench
@@ -12,8 +11,8 @@ help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(BIN)/python:
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-		|| { echo "nowcast needs Python 3.10 or newer; found $$($(PYTHON) --version)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "nowcast needs Python 3.11 or newer; found $$($(PYTHON) --version)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 $(INSTALLED): pyproject.toml | $(BIN)/python
@@ -42,7 +41,8 @@ smoke: $(INSTALLED) ## A training run of a few steps on a tiny model
 	$(BIN)/nowcast-train debug=fast $(ARGS)
 
 bench: $(INSTALLED) ## Fused ConvLSTM vs keras ConvLSTM2D: speed, FLOP use, pipeline (ARGS=flags)
-	TF_ENABLE_ONEDNN_OPTS=$${TF_ENABLE_ONEDNN_OPTS:-1} $(BIN)/python scripts/benchmark.py --overwrite $(ARGS)
+	TF_ENABLE_ONEDNN_OPTS=$${TF_ENABLE_ONEDNN_OPTS:-1} TF_CPP_MIN_LOG_LEVEL=$${TF_CPP_MIN_LOG_LEVEL:-2} \
+		$(BIN)/python scripts/benchmark.py --overwrite $(ARGS)
 
 test: $(INSTALLED) ## Set up, then run the fast test suite
 	$(BIN)/pytest -m "not slow and not gpu" $(ARGS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,10 @@ import numpy as np
 from nowcast.io import write_text_atomically, written_atomically
 
 STATE_FILE = "state.json"
-# The attributes of ModelCheckpoint, EarlyStopping and ReduceLROnPlateau that carry their
-# monitoring from epoch to epoch; `fit` resets most of them when it starts.
+# The attributes of AtomicModelCheckpoint, and of Keras's EarlyStopping and ReduceLROnPlateau,
+# that carry their monitoring from epoch to epoch; `fit` resets Keras's when it starts. Keras
+# does not document these two callbacks' attributes: pyproject.toml pins the Keras releases
+# whose attributes the resume tests (tests/test_training.py) have checked.
 MONITOR_STATE = ("best", "wait", "best_epoch", "cooldown_counter")
 
 
@@ -123,20 +126,40 @@ class ForecastImages(keras.callbacks.Callback):
         self._writer.close()
 
 
-class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """`keras.callbacks.ModelCheckpoint` that writes to a temporary name and renames it into
-    place, so a crash while saving leaves the previous checkpoint, never a truncated one."""
+class AtomicModelCheckpoint(keras.callbacks.Callback):
+    """Saves the model (a .keras file) at the end of every epoch, or with `save_best_only` at
+    the end of each epoch whose validation loss is the lowest so far.
 
-    def _save_model(self, epoch, batch, logs):
-        filepath = self._get_file_path(epoch, batch, logs)
-        if not self._should_save_model(epoch, batch, logs, filepath):
-            return
-        Path(filepath).parent.mkdir(parents=True, exist_ok=True)
-        with written_atomically(filepath) as temporary:
-            if self.save_weights_only:
-                self.model.save_weights(temporary)
-            else:
-                self.model.save(temporary)
+    The file is written under a temporary name and renamed into place, so a crash while saving
+    leaves the previous checkpoint, never a truncated one. Built on the public callback hooks
+    alone: Keras's ModelCheckpoint saves through private methods.
+
+    Attributes:
+        best: the lowest validation loss so far, or None before the first; `TrainingBackup`
+            carries it over to a resumed run.
+    """
+
+    def __init__(self, filepath: str | Path, *, save_best_only: bool = False):
+        super().__init__()
+        self.filepath = Path(filepath)
+        self.save_best_only = save_best_only
+        self.best: float | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_best_only:
+            current = (logs or {}).get("val_loss")
+            if current is None:
+                warnings.warn(
+                    f"no val_loss to keep the best model by; {self.filepath} is not written",
+                    stacklevel=2,
+                )
+                return
+            if self.best is not None and not current < self.best:
+                return
+            self.best = float(current)
+        self.filepath.parent.mkdir(parents=True, exist_ok=True)
+        with written_atomically(self.filepath) as temporary:
+            self.model.save(temporary)
 
 
 @dataclass

@@ -1,7 +1,12 @@
 """Console scripts: thin wrappers that compose a Hydra config and call the library.
 
 Bad input (a missing store, a wrong value, a typo in a key) ends in one line on stderr naming
-the problem and a non-zero exit. Set NOWCAST_DEBUG=1 to see the full traceback instead.
+the problem and a non-zero exit. TensorFlow's C++ log is left out: what its libraries print
+while they load (absl's banner, the oneDNN and CPU-instruction notices, "Could not find cuda
+drivers" and the failed cuInit of a machine without a GPU), and later records below FATAL
+(TF_CPP_MIN_LOG_LEVEL=3 unless it is set; TensorFlow's errors reach Python as exceptions).
+Python's warnings stay. `-v` (or NOWCAST_DEBUG=1) shows all of it, and the full traceback of an
+error.
 """
 
 from __future__ import annotations
@@ -9,7 +14,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +37,87 @@ DATA_COMMANDS = {
     "info": "input=<store.h5>",
 }
 
+VERBOSE_FLAGS = ("-v", "--verbose")
+# A record of absl's C++ logging, which TensorFlow's libraries use: severity letter (I, W, E,
+# F), date, time, thread, file:line].
+_LOG_RECORD = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^\]]+\] ")
+_ABSL_BANNER = "WARNING: All log messages before absl::InitializeLog() is called"
+
 register_configs()
+
+
+def take_verbose_flag(argv: list[str]) -> list[str]:
+    """`argv` without -v/--verbose, which set NOWCAST_DEBUG=1 (Hydra does not know them)."""
+    kept = [arg for arg in argv if arg not in VERBOSE_FLAGS]
+    if len(kept) < len(argv):
+        os.environ["NOWCAST_DEBUG"] = "1"
+    return kept
+
+
+def without_startup_notices(text: str) -> str:
+    """What TensorFlow's libraries wrote to stderr while loading, less what is only noise.
+
+    Left out: absl's banner, informational records (I...) with their continuation lines, and
+    the failed cuInit where no CUDA driver is installed (a CPU machine; logged where
+    TF_CPP_MIN_LOG_LEVEL is set below 3). Warnings, errors, and a failed cuInit on a machine
+    with a driver stay.
+    """
+    no_driver = "Could not find cuda drivers" in text
+    kept, dropping = [], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith(_ABSL_BANNER):
+            dropping = True
+        elif _LOG_RECORD.match(line):
+            dropping = line[0] == "I" or (no_driver and "failed call to cuInit" in line)
+        if not dropping:
+            kept.append(line)
+    return "".join(kept)
+
+
+def import_keras_quietly() -> None:
+    """Import Keras and its backend, and look for GPUs, with TensorFlow's start-up notices left
+    out (see `without_startup_notices`); `-v` or NOWCAST_DEBUG=1 keeps them.
+
+    TF_CPP_MIN_LOG_LEVEL does not reach these notices: TensorFlow's libraries print them through
+    absl's logging before anything sets that up, straight to file descriptor 2. So that
+    descriptor goes to a temporary file while they load, and what is left of it is printed
+    after. Python's own writes (warnings) go to the real stderr meanwhile. CUDA_VISIBLE_DEVICES
+    is left alone: GPUs are found as ever.
+    """
+    if os.environ.get("NOWCAST_DEBUG"):
+        import keras  # noqa: F401
+
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    real_stderr = os.dup(2)
+    python_stderr = sys.stderr
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        sys.stderr = open(  # noqa: SIM115 (closed in the finally clause)
+            os.dup(real_stderr),
+            "w",
+            buffering=1,
+            encoding=python_stderr.encoding,
+            errors=python_stderr.errors,
+        )
+        try:
+            import keras
+
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                # TensorFlow's first look for GPUs, where a machine without a driver logs a
+                # failed cuInit (at TF_CPP_MIN_LOG_LEVEL under 3), while that is left out.
+                tf.config.list_physical_devices("GPU")
+        finally:
+            sys.stderr.close()
+            sys.stderr = python_stderr
+            os.dup2(real_stderr, 2)
+            os.close(real_stderr)
+            captured.seek(0)
+            sys.stderr.write(without_startup_notices(captured.read().decode(errors="replace")))
+            sys.stderr.flush()
 
 
 def run_reporting_errors(task: Callable[[], object], errors: tuple = USER_ERRORS) -> object:
@@ -59,7 +146,8 @@ def run_hydra_reporting_errors(main: Callable[[], None], command: str) -> None:
     """Run a `@hydra.main` function; a config error (a key that does not exist, a value of the
     wrong type, an unknown group option) becomes one line on stderr and exit status 2, as the
     errors of `run_reporting_errors` do. HYDRA_FULL_ERROR=1 or NOWCAST_DEBUG=1 keep Hydra's
-    own report."""
+    own report. `-v`/`--verbose` in the arguments sets NOWCAST_DEBUG=1."""
+    sys.argv[1:] = take_verbose_flag(sys.argv[1:])
     if os.environ.get("HYDRA_FULL_ERROR") or os.environ.get("NOWCAST_DEBUG"):
         main()
         return
@@ -93,6 +181,7 @@ def _train(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     # TensorFlow loads here, after Hydra has checked the config.
+    import_keras_quietly()
     from nowcast.callbacks import NonFiniteLossError
     from nowcast.training import resume_config, train
 
@@ -122,7 +211,8 @@ def train_main() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
 def _evaluate(cfg: DictConfig) -> None:
-    from nowcast.evaluation import evaluate  # TensorFlow loads here, after Hydra has checked
+    import_keras_quietly()  # TensorFlow loads here, after Hydra has checked the config
+    from nowcast.evaluation import evaluate
 
     result = run_reporting_errors(lambda: evaluate(cfg))
     print(f"\n{result.summary}\n\nEvaluation written to {result.output_dir}")
@@ -141,7 +231,8 @@ def evaluate_main() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="plot")
 def _plot(cfg: DictConfig) -> None:
-    from nowcast.forecast import plot_run  # TensorFlow loads here, after Hydra has checked
+    import_keras_quietly()  # TensorFlow loads here, after Hydra has checked the config
+    from nowcast.pictures import plot_run
 
     result = run_reporting_errors(lambda: plot_run(cfg))
     print(f"\n{result.summary}")
@@ -154,7 +245,8 @@ def plot_main() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
 def _predict(cfg: DictConfig) -> None:
-    from nowcast.forecast import predict  # TensorFlow loads here, after Hydra has checked
+    import_keras_quietly()  # TensorFlow loads here, after Hydra has checked the config
+    from nowcast.prediction import predict
 
     result = run_reporting_errors(lambda: predict(cfg))
     print(f"\n{result.summary}")
@@ -197,7 +289,7 @@ def _run_data_command(command: str, cfg: DictConfig) -> None:
 
 def data_main(argv: list[str] | None = None) -> None:
     """`nowcast-data {synthetic,convert,info} key=value ...` (see DATA_COMMANDS)."""
-    argv = sys.argv[1:] if argv is None else argv
+    argv = take_verbose_flag(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         print(_data_usage())
         return

@@ -346,7 +346,7 @@ class EvaluateConfig:
 class PlotConfig:
     """`nowcast-plot run=<run_dir> [sample=<index or time>] [format=gif|mp4|png]`.
 
-    Draws one window of `split` (see nowcast.forecast.plot_run): `sample` is its index, or the
+    Draws one window of `split` (see nowcast.pictures.plot_run): `sample` is its index, or the
     UTC time of its newest input frame (e.g. 2024-06-01T12:00); null picks the wettest.
     `format`: gif or mp4 (an animation, plus a still) or png (the still alone). `units`: mm/h
     or dBZ for reflectivity runs (null: mm/h). `evaluation`: where `nowcast-evaluate` wrote
@@ -373,7 +373,7 @@ class PlotConfig:
 class PredictConfig:
     """`nowcast-predict run=<run_dir> input=<folder of radar files or a store> [output=<file>]`.
 
-    See nowcast.forecast.predict. `format`: the input's (odim, knmi, sevir, store; null:
+    See nowcast.prediction.predict. `format`: the input's (odim, knmi, sevir, store; null:
     recognised from the files), `quantity`: which ODIM/KNMI quantity to read. `output`: the
     forecast file (null: nowcast_<issue time>.h5 in the current directory). `plot`: also
     draw the forecast beside it, gif or mp4 (an animation, plus a still) or png. The model's

@@ -44,6 +44,7 @@ from nowcast.config import (
 )
 from nowcast.data.pipeline import WindowDataset, WindowReader, select_windows, valid_windows
 from nowcast.data.store import REFLECTIVITY, VIL, open_store
+from nowcast.data.synthetic import resolve_store
 from nowcast.data.windows import ALL_WINDOWS, SPLITS
 from nowcast.metrics import (
     BALANCED_THRESHOLDS_MMH,
@@ -56,7 +57,6 @@ from nowcast.metrics import (
     VerificationAccumulator,
     bootstrap_mean_difference,
 )
-from nowcast.training import resolve_store
 from nowcast.units import dbz_to_rain, denormalise
 
 log = logging.getLogger(__name__)

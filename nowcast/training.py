@@ -64,7 +64,7 @@ from nowcast.checkpoints import (
 from nowcast.config import TrainConfig, read_saved_config
 from nowcast.data.pipeline import WindowReader, input_batches, select_windows
 from nowcast.data.store import Store, open_store
-from nowcast.data.synthetic import write_synthetic_store
+from nowcast.data.synthetic import resolve_store
 from nowcast.distribute import (
     check_global_batch,
     distribute_windows,
@@ -107,27 +107,6 @@ class TrainResult:
     history: dict[str, list[float]]
     run_dir: Path
     model: keras.Model
-
-
-def resolve_store(data_cfg: DictConfig) -> Path:
-    """The data store's path; the synthetic set is written there first if it is missing.
-
-    Raises:
-        FileNotFoundError: a store other than the synthetic one does not exist.
-    """
-    if not str(data_cfg.path).strip():
-        raise ValueError("data.path is empty; set data.path=<store.h5>")
-    path = Path(data_cfg.path).expanduser().absolute()
-    if path.exists():
-        return path
-    if data_cfg.name != "synthetic":
-        raise FileNotFoundError(
-            f"data store not found: {path}; convert your radar files with `nowcast-data convert` "
-            "or set data.path=<store.h5>"
-        )
-    log.info("Writing the synthetic radar-echo set to %s", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_synthetic_store(path, data_cfg.synthetic)
 
 
 def write_split(path: Path, store: Store, splits: dict[str, np.ndarray]) -> None:
@@ -273,10 +252,10 @@ def make_callbacks(
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     monitors["best_checkpoint"] = AtomicModelCheckpoint(
-        str(checkpoints / "best.keras"), save_best_only=True
+        checkpoints / "best.keras", save_best_only=True
     )
     callbacks += [
-        AtomicModelCheckpoint(str(checkpoints / "last.keras")),
+        AtomicModelCheckpoint(checkpoints / "last.keras"),
         monitors["best_checkpoint"],
         keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=True),
     ]

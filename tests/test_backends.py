@@ -105,7 +105,7 @@ def test_train_and_evaluate_under_jax_without_tensorflow(tiny_store, tmp_path):
     result = run_under_jax(
         f"""
         import sys
-        from nowcast import cli, evaluation, forecast, plotting, training  # noqa: F401
+        from nowcast import cli, evaluation, pictures, plotting, prediction, training  # noqa: F401
 
         sys.argv = ["nowcast-train", "debug=fast", "data.path={tiny_store}", "data.batch_size=2",
                     "trainer.jit_compile=auto", "trainer.verbose=0", "hydra.run.dir={run_dir}"]
@@ -142,7 +142,7 @@ def test_checkpoints_load_under_the_other_backend_with_the_same_forecasts(tmp_pa
         f"""
         import sys
         import keras, numpy as np
-        from nowcast import cli, evaluation, forecast, plotting, training  # noqa: F401
+        from nowcast import cli, evaluation, pictures, plotting, prediction, training  # noqa: F401
         from nowcast.model import build_model  # registers the model's layers for loading
 
         inputs = np.load("inputs.npy")

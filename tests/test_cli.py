@@ -1,5 +1,6 @@
 """End to end through the installed console scripts, in subprocesses."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,14 @@ from omegaconf import OmegaConf
 BIN = Path(sys.executable).parent
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BIN / args[0]), *args[1:]], cwd=cwd, capture_output=True, text=True, timeout=600
+        [str(BIN / args[0]), *args[1:]],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -79,6 +85,25 @@ def test_train_missing_store_is_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("nowcast: error: data store not found")
     assert "Traceback" not in done.stderr
+
+
+def test_an_error_is_one_line_without_tensorflow_notices_and_a_traceback_with_v(tmp_path):
+    # As a user's shell runs it: no TF_CPP_MIN_LOG_LEVEL (the tests set one) or NOWCAST_DEBUG.
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "NOWCAST_DEBUG")
+    }
+    missing = tmp_path / "no_run"
+    quiet = run("nowcast-evaluate", f"run={missing}", cwd=tmp_path, env=env)
+    assert quiet.returncode == 2
+    assert (quiet.stdout + quiet.stderr).splitlines() == [
+        f"nowcast: error: run directory not found: {missing}; "
+        "pass run=<a directory written by nowcast-train>"
+    ]
+    # -v, which Hydra does not know, sets NOWCAST_DEBUG=1: the traceback instead of one line.
+    verbose = run("nowcast-evaluate", "-v", f"run={missing}", cwd=tmp_path, env=env)
+    assert verbose.returncode != 0
+    assert "Traceback" in verbose.stderr
+    assert f"FileNotFoundError: run directory not found: {missing}" in verbose.stderr
 
 
 def test_data_synthetic_writes_a_store_and_refuses_to_overwrite(tmp_path):

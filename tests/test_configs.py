@@ -1,5 +1,10 @@
-"""Every option of every config group composes against its schema, and typos fail at start-up."""
+"""Every option of every config group composes against its schema into the values its file sets
+and builds what they describe; typos fail at start-up."""
 
+from pathlib import Path
+
+import keras
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -19,6 +24,64 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
+def values_set_by(path: Path) -> dict:
+    """Dotted key -> value of each leaf that an option's file sets, under the package it is
+    composed into; left out: its defaults list, `???` and interpolations."""
+    package = ".".join(path.relative_to(config_dir()).parent.parts)
+    if path.read_text().startswith("# @package _global_"):
+        package = ""
+    values = {}
+
+    def walk(node, key):
+        if isinstance(node, dict):
+            for name, child in node.items():
+                walk(child, f"{key}.{name}" if key else str(name))
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                walk(child, f"{key}.{index}")
+        elif not (isinstance(node, str) and ("${" in node or node == "???")):
+            values[key] = node
+
+    content = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    content.pop("defaults", None)
+    walk(content, package)
+    return values
+
+
+def assert_holds_the_values_of(cfg, path: Path) -> None:
+    values = values_set_by(path)
+    assert values, path
+    for key, value in values.items():
+        assert OmegaConf.select(cfg, key) == value, f"{key} of {path.name}"
+
+
+def assert_built_as_configured(net: keras.Model, model_cfg) -> None:
+    """Each stage's layers have the sizes its config gives."""
+    for k, stage in enumerate(model_cfg.stages):
+        conv = net.get_layer(f"encoder_conv_{k}")
+        assert conv.filters == stage.downsample_filters
+        assert conv.kernel_size == (stage.downsample_kernel,) * 2
+        assert conv.strides == (stage.downsample_stride,) * 2
+        for name in (f"encoder_rnn_{k}", f"forecaster_rnn_{k}"):
+            cell = net.get_layer(name).cell
+            assert (cell.filters, cell.kernel_size) == (stage.filters, (stage.kernel_size,) * 2)
+    assert len(net.encoder_rnns) == len(model_cfg.stages)
+    assert net.get_layer("head_conv").filters == model_cfg.head_filters
+    assert net.advection == model_cfg.advection
+
+
+def assert_learning_rates_as_configured(optimizer, opt_cfg, total_steps: int) -> None:
+    """The optimizer's name, and its rate at the start and once warm-up is over."""
+    assert type(optimizer).__name__.lower() == opt_cfg.name  # Adam, AdamW
+    warmup = min(opt_cfg.warmup_steps, total_steps - 1)
+    for step, rate in [
+        (0, 0.0 if warmup else opt_cfg.learning_rate),
+        (warmup, opt_cfg.learning_rate),
+    ]:
+        optimizer.iterations.assign(step)
+        assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(rate)
+
+
 def test_model_presets_are_all_listed_here():
     assert set(options("model")) == set(FRAME_SIZE)
 
@@ -28,13 +91,16 @@ def test_every_model_preset_builds(compose_config, model):
     cfg = compose_config(f"model={model}")
     size = FRAME_SIZE[model]
     net = build_model(cfg.model, n_out=2, input_shape=(size, size, 1))
-    assert net.count_params() > 0
+    assert_built_as_configured(net, cfg.model)
+    forecast = net(np.zeros((1, 2, size, size, 1), "float32"))
+    assert tuple(forecast.shape) == (1, 2, size, size, 1)
 
 
 @pytest.mark.parametrize("loss", options("loss"))
 def test_every_loss_option_builds(compose_config, loss):
     cfg = compose_config(f"loss={loss}")
-    assert make_loss(cfg.loss, cfg.data.normalisation).terms
+    expected = OmegaConf.to_container(cfg.loss.terms)
+    assert make_loss(cfg.loss, cfg.data.normalisation).terms == expected
 
 
 def test_loss_options_hold_only_their_terms_and_combine_on_the_command_line(compose_config):
@@ -51,7 +117,9 @@ def test_loss_options_hold_only_their_terms_and_combine_on_the_command_line(comp
 @pytest.mark.parametrize("optimizer", options("optimizer"))
 def test_every_optimizer_option_builds(compose_config, optimizer):
     cfg = compose_config(f"optimizer={optimizer}")
-    assert make_optimizer(cfg.optimizer, total_steps=10).learning_rate is not None
+    assert_holds_the_values_of(cfg, config_dir() / "optimizer" / f"{optimizer}.yaml")
+    built = make_optimizer(cfg.optimizer, total_steps=10)
+    assert_learning_rates_as_configured(built, cfg.optimizer, total_steps=10)
 
 
 @pytest.mark.parametrize(
@@ -60,19 +128,23 @@ def test_every_optimizer_option_builds(compose_config, optimizer):
     + [f"trainer={o}" for o in options("trainer")]
     + [f"debug={o}" for o in options("debug")],
 )
-def test_every_other_option_composes(compose_config, override):
+def test_every_other_option_composes_and_holds_its_values(compose_config, override):
     cfg = compose_config(override, "data.path=somewhere.h5")
-    assert cfg.data.n_in > 0 and cfg.trainer.epochs > 0
+    group, option = override.split("=")
+    assert_holds_the_values_of(cfg, config_dir() / group / f"{option}.yaml")
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes_into_a_valid_run(compose_config, experiment):
     cfg = compose_config(f"experiment={experiment}", "data.path=somewhere.h5")
-    assert make_optimizer(cfg.optimizer, total_steps=10).learning_rate is not None
-    assert make_loss(cfg.loss, cfg.data.normalisation).terms
+    assert_holds_the_values_of(cfg, config_dir() / "experiment" / f"{experiment}.yaml")
+    built = make_optimizer(cfg.optimizer, total_steps=10)
+    assert_learning_rates_as_configured(built, cfg.optimizer, total_steps=10)
+    expected = OmegaConf.to_container(cfg.loss.terms)
+    assert make_loss(cfg.loss, cfg.data.normalisation).terms == expected
     if cfg.data.name == "synthetic":  # the network takes the frames the preset generates
         frame = (cfg.data.synthetic.height, cfg.data.synthetic.width, 1)
-        assert build_model(cfg.model, n_out=1, input_shape=frame).count_params() > 0
+        assert_built_as_configured(build_model(cfg.model, n_out=1, input_shape=frame), cfg.model)
 
 
 def test_experiment_sets_several_groups_and_keeps_command_line_overrides(compose_config):
@@ -100,10 +172,9 @@ def test_resume_runs_in_the_run_directory():
 
 def test_slurm_launcher_config_extends_the_submitit_plugin():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    launcher = compose_with_hydra("hydra/launcher=slurm").hydra.launcher
-    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
-    assert launcher.max_num_timeout > 0 and launcher.tasks_per_node == 1
-    assert OmegaConf.is_missing(launcher, "partition") or launcher.partition is None
+    cfg = compose_with_hydra("hydra/launcher=slurm")
+    assert cfg.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert_holds_the_values_of(cfg, config_dir() / "hydra" / "launcher" / "slurm.yaml")
 
 
 @pytest.mark.parametrize(

@@ -168,7 +168,7 @@ def compose_command(name: str, *overrides: str):
 
 def test_plot_a_window_by_time_with_the_skill_of_the_evaluation(tiny_run, tmp_path, capsys):
     from nowcast.evaluation import evaluate
-    from nowcast.forecast import plot_run
+    from nowcast.pictures import plot_run
 
     plots, evaluation = tmp_path / "plots", tmp_path / "evaluation"
     evaluate(
@@ -224,7 +224,7 @@ def test_plot_a_window_by_time_with_the_skill_of_the_evaluation(tiny_run, tmp_pa
 def test_bad_requests_are_one_line_and_draw_nothing(
     tiny_run, tmp_path, capsys, monkeypatch, overrides, message
 ):
-    from nowcast.forecast import plot_run
+    from nowcast.pictures import plot_run
 
     monkeypatch.setitem(rcParams, "animation.ffmpeg_path", str(tmp_path / "no_ffmpeg"))
     cfg = compose_command("plot", f"run={tiny_run}", f"paths.output_dir={tmp_path}", *overrides)

@@ -29,7 +29,7 @@ from nowcast.config import ConvertCommandConfig, config_dir, register_configs
 from nowcast.data.convert import convert
 from nowcast.data.sources import SourceError
 from nowcast.data.store import REFLECTIVITY, encode, open_store
-from nowcast.forecast import detect_format, predict
+from nowcast.prediction import detect_format, predict
 from nowcast.units import dbz_to_rain
 
 N_IN = N_OUT = 3  # debug=fast

@@ -30,16 +30,20 @@ seed (not on the block size).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from omegaconf import DictConfig
 
 from nowcast.config import SyntheticConfig
 from nowcast.data.store import UNDETECT_DBZ, StoreWriter
 from nowcast.data.windows import check_positive_int
 from nowcast.units import rain_to_dbz
+
+log = logging.getLogger(__name__)
 
 START_TIME = np.datetime64("2024-06-01T00:00:00", "s")
 ZR_A, ZR_B = 200.0, 1.6
@@ -589,3 +593,26 @@ def synthetic_store_writer(
         zr_b=ZR_B,
         overwrite=overwrite,
     )
+
+
+def resolve_store(data_cfg: DictConfig) -> Path:
+    """The path of the store a data config names (`data.path`); the synthetic set is written
+    there first if it is missing (`data.name=synthetic`).
+
+    Raises:
+        ValueError: `data.path` is empty.
+        FileNotFoundError: a store other than the synthetic one does not exist.
+    """
+    if not str(data_cfg.path).strip():
+        raise ValueError("data.path is empty; set data.path=<store.h5>")
+    path = Path(data_cfg.path).expanduser().absolute()
+    if path.exists():
+        return path
+    if data_cfg.name != "synthetic":
+        raise FileNotFoundError(
+            f"data store not found: {path}; convert your radar files with `nowcast-data convert` "
+            "or set data.path=<store.h5>"
+        )
+    log.info("Writing the synthetic radar-echo set to %s", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_synthetic_store(path, data_cfg.synthetic)

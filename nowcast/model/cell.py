@@ -7,6 +7,7 @@ code runs under the TensorFlow and JAX backends.
 
 from __future__ import annotations
 
+import inspect
 from numbers import Real
 
 import keras
@@ -257,31 +258,20 @@ class FusedConvLSTMCell(keras.layers.Layer):
         return h, [h, c]
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "filters": self.filters,
-            "kernel_size": self.kernel_size,
-            "forget_bias": self.forget_bias,
-            "activation": keras.activations.serialize(self.activation),
-            "peephole": self.peephole,
-            "layer_norm": self.layer_norm,
-            "dilation_rate": self.dilation_rate,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-        }
+        # Each of CELL_ARGUMENTS under its own name, the activation and initialisers serialised.
+        config = {name: getattr(self, name) for name in CELL_ARGUMENTS}
+        config["activation"] = keras.activations.serialize(self.activation)
+        for name in ("kernel_initializer", "bias_initializer"):
+            config[name] = keras.initializers.serialize(config[name])
+        return {**super().get_config(), **config}
 
 
-# The constructor arguments a ConvLSTM layer hands to its cell (everything but base Layer ones).
-_CELL_ARGUMENTS = (
-    "filters",
-    "kernel_size",
-    "forget_bias",
-    "activation",
-    "peephole",
-    "layer_norm",
-    "dilation_rate",
-    "kernel_initializer",
-    "bias_initializer",
+# The cell's own constructor arguments, read from its signature so that they are listed once:
+# what `ConvLSTM` hands to its cell and what both layers' `get_config` hold.
+CELL_ARGUMENTS = tuple(
+    name
+    for name, parameter in inspect.signature(FusedConvLSTMCell.__init__).parameters.items()
+    if name != "self" and parameter.kind is not inspect.Parameter.VAR_KEYWORD
 )
 
 
@@ -300,9 +290,9 @@ class ConvLSTM(keras.layers.Layer):
     (`FusedConvLSTMCell.update`).
 
     Args:
-        filters, kernel_size, forget_bias, activation, peephole, layer_norm, dilation_rate,
-        kernel_initializer, bias_initializer: as for `FusedConvLSTMCell`.
-        **kwargs: Base `keras.layers.Layer` arguments (name, dtype, ...).
+        filters: Channels F of h and c.
+        **kwargs: The other arguments of `FusedConvLSTMCell` (those in `CELL_ARGUMENTS`),
+            with its defaults, and base `keras.layers.Layer` arguments (name, dtype, ...).
 
     Call arguments:
         inputs: (batch, time, height, width, C_in) with a known time length, or None for a
@@ -317,32 +307,12 @@ class ConvLSTM(keras.layers.Layer):
         the final state.
     """
 
-    def __init__(
-        self,
-        filters,
-        kernel_size=3,
-        forget_bias=1.0,
-        activation="tanh",
-        peephole=False,
-        layer_norm=False,
-        dilation_rate=1,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        **kwargs,
-    ):
+    def __init__(self, filters, **kwargs):
+        # The cell's arguments (with the cell's defaults) go to the cell, the rest to Layer.
+        cell_arguments = {name: kwargs.pop(name) for name in CELL_ARGUMENTS if name in kwargs}
         super().__init__(**kwargs)
         self.cell = FusedConvLSTMCell(
-            filters,
-            kernel_size=kernel_size,
-            forget_bias=forget_bias,
-            activation=activation,
-            peephole=peephole,
-            layer_norm=layer_norm,
-            dilation_rate=dilation_rate,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            dtype=self.dtype_policy,
-            name="cell",
+            filters, **cell_arguments, dtype=self.dtype_policy, name="cell"
         )
 
     def build(self, inputs_shape=None, initial_state_shape=None):
@@ -420,4 +390,4 @@ class ConvLSTM(keras.layers.Layer):
 
     def get_config(self):
         cell_config = self.cell.get_config()
-        return {**super().get_config(), **{key: cell_config[key] for key in _CELL_ARGUMENTS}}
+        return {**super().get_config(), **{key: cell_config[key] for key in CELL_ARGUMENTS}}

@@ -279,19 +279,21 @@ def test_config_round_trip():
     assert restored.cell.kernel_size == (5, 5) and restored.cell.peephole
 
 
-def test_golden_sum_with_constant_initialisers():
+def test_golden_sums_with_fixed_weights_that_differ_per_gate():
+    # Fixed weights, different for each gate: output channel k of the kernel takes the k-th of
+    # 12 consecutive blocks of a ramp from -0.3 to 0.3, and each gate (i, j, f, o) has its own
+    # bias. (A constant kernel would give the four gates the same pre-activation, and hide a
+    # swap of gates.) The sums were computed once in float64 with `_reference_sequence`; with
+    # the gates in any other order, the sum of the sequence is at least 0.2 away.
     xs = np.linspace(-1.0, 1.0, 2 * 3 * 4 * 4 * 2, dtype="float32").reshape(2, 3, 4, 4, 2)
-    layer = ConvLSTM(
-        3,
-        kernel_size=3,
-        kernel_initializer=keras.initializers.Constant(0.01),
-        bias_initializer="zeros",
-    )
-    seq, _ = layer(xs)
-    w = {"kernel": np.full((3, 3, 5, 12), 0.01), "bias": np.zeros(12)}
-    zeros = np.zeros((2, 4, 4, 3))
-    expected = _reference_sequence(xs.astype(np.float64), zeros, zeros, w, 1.0)[0].sum()
-    assert float(ops.sum(seq)) == pytest.approx(expected, rel=1e-5)
+    kernel = np.linspace(-0.3, 0.3, 3 * 3 * 5 * 12).reshape(12, 3, 3, 5).transpose(1, 2, 3, 0)
+    bias = np.repeat([0.1, -0.2, 0.3, -0.4], 3)  # i, j, f, o
+    layer = ConvLSTM(3, kernel_size=3)  # forget_bias 1.0
+    layer.build(xs.shape)
+    layer.cell.set_weights([kernel.astype("float32"), bias.astype("float32")])
+    seq, (_, c) = layer(xs)
+    assert float(ops.sum(seq)) == pytest.approx(-11.477804809293781, rel=1e-5)
+    assert float(ops.sum(c)) == pytest.approx(1.2877004846552744, rel=1e-5)
 
 
 @pytest.mark.parametrize(

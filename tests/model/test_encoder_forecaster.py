@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 
 from nowcast.config import ModelConfig, StageConfig
 from nowcast.model import EncoderForecaster, FusedConvLSTMCell, build_model
+from nowcast.model.encoder_forecaster import RECURRENT_LAYERS
 
 
 @pytest.fixture(autouse=True)
@@ -115,6 +116,38 @@ def test_last_frame_skip_gives_the_head_the_newest_frame_of_each_sample(tmp_path
     np.testing.assert_allclose(np.asarray(loaded(inputs)), forecast, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="`last_frame_skip` must be True or False"):
         EncoderForecaster(TWO_STAGES, n_out=3, last_frame_skip="yes")
+
+
+@pytest.mark.parametrize("recurrent", RECURRENT_LAYERS)
+def test_each_forecaster_stage_starts_from_its_encoder_stages_final_state(monkeypatch, recurrent):
+    # The hand-off on its own: the other model tests still pass when a forecaster stage starts
+    # from zeros instead.
+    model = EncoderForecaster(TWO_STAGES, n_out=2, recurrent=recurrent)
+    inputs = _frames((2, 3, 16, 16, 1))
+    model.build(inputs.shape)
+    initial_states, final_states = {}, {}
+
+    def record(layer):
+        call = layer.call
+
+        def recording_call(*args, **kwargs):
+            initial_states[layer.name] = kwargs.get("initial_state")
+            outputs = call(*args, **kwargs)
+            # ConvLSTM returns (sequence, [h, c]); ConvLSTM2D [sequence, h, c].
+            final_states[layer.name] = outputs[1] if recurrent == "fused" else outputs[1:]
+            return outputs
+
+        monkeypatch.setattr(layer, "call", recording_call)
+
+    for layer in (*model.encoder_rnns, *model.forecaster_rnns):
+        record(layer)
+    model(inputs)
+    for k in range(len(TWO_STAGES)):
+        assert initial_states[f"encoder_rnn_{k}"] is None
+        handed = initial_states[f"forecaster_rnn_{k}"]
+        assert handed is not None, f"forecaster stage {k} started from zeros"
+        for got, want in zip(handed, final_states[f"encoder_rnn_{k}"], strict=True):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_build_model_from_each_config_form():
