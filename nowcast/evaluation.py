@@ -11,8 +11,9 @@ renamed when complete:
 
     metrics.json       every score per lead time (and threshold or scale), the means over lead
                        times, the raw contingency counts and sums (to merge or recompute), the
-                       bootstrap interval of the model's mean CSI minus each baseline's, and
-                       what was scored: run, checkpoint, store, split, thresholds, lead times
+                       bootstrap interval of the model's mean CSI minus each baseline's (over
+                       runs of consecutive windows, `consecutive_runs`), and what was scored:
+                       run, checkpoint, store, split, thresholds, lead times
     categorical.csv    per method, lead time and threshold: counts, CSI, POD, FAR, HSS, ETS, bias
     continuous.csv     per method and lead time: MSE, MAE, B-MSE, B-MAE, FSS per scale
     summary.txt        the table printed at the end: means over lead times
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 
 PLOTTED_SCORES = ("csi", "hss")
 BOOTSTRAP_LEVEL = 0.95
+# Fewer runs of consecutive windows than this give no interval: a resample of 2-4 runs spans
+# little of what another sample of weather could be, and would print a narrow interval.
+MIN_BOOTSTRAP_RUNS = 5
 
 
 @dataclass
@@ -139,13 +143,25 @@ class _Windows:
 
 def run_baselines(names: list[str], run_cfg: DictConfig) -> dict[str, Callable]:
     """Name -> forecaster for each baseline in `names`, set up as the run's model is: its
-    number of lead times, and its block-matching reach (`model.advection_max_speed`).
+    number of lead times, its block-matching reach (`model.advection_max_speed`), and its
+    normalisation (S-PROG works on rain rates).
 
     Raises:
-        ValueError: an unknown name (see `make_baseline`).
+        ValueError: an unknown name (see `make_baseline`), or a baseline that needs more input
+            frames than the run's windows have (`data.n_in`).
     """
     n_out, reach = run_cfg.data.n_out, run_cfg.model.advection_max_speed
-    return {name: make_baseline(name, n_out=n_out, max_speed=reach) for name in names}
+    norm = run_cfg.data.normalisation
+    baselines = {
+        name: make_baseline(name, n_out=n_out, max_speed=reach, norm=norm) for name in names
+    }
+    for name, baseline in baselines.items():
+        if baseline.min_frames > run_cfg.data.n_in:
+            raise ValueError(
+                f"the {name} baseline needs at least {baseline.min_frames} input frames, the "
+                f"run has data.n_in={run_cfg.data.n_in}; leave it out of baselines=[...]"
+            )
+    return baselines
 
 
 def _windows_from_split_file(split_file: Path, split: str, data_cfg: DictConfig) -> _Windows:
@@ -241,34 +257,92 @@ def _method_record(accumulator: VerificationAccumulator) -> dict:
     }
 
 
-def _bootstrap_block_seconds(metrics_cfg: MetricsConfig) -> int:
-    samples, hours = metrics_cfg.bootstrap_samples, metrics_cfg.bootstrap_block_hours
-    if samples < 0 or not (math.isfinite(hours) and hours * 3600 >= 1):
+def consecutive_runs(
+    times: np.ndarray,
+    starts: np.ndarray,
+    *,
+    window_length: int,
+    minutes_per_frame: float,
+    events: np.ndarray | None = None,
+) -> np.ndarray:
+    """The run of consecutive windows each window belongs to: what the bootstrap resamples.
+
+    Windows share frames and weather with their neighbours, so they cannot be drawn one by
+    one. Scored windows, in store order, stay in one run while the time from the last frame
+    of one to the first frame of the next is at most one window's length (so a missing frame
+    or a window left out for no-data does not cut a run) and they belong to one event. For a
+    split, the runs are its blocks of `data.split.block_hours` (adjacent blocks of the split
+    merge into one run); for split=all, the stretches of the store without a long gap.
+
+    Args:
+        times: (T,) int64 seconds of the store's frames.
+        starts: (N,) start indices of the scored windows into `times`.
+        window_length: frames per window (n_in + n_out).
+        minutes_per_frame: time between frames.
+        events: optional (T,) event id per frame; a new event starts a new run.
+
+    Returns:
+        (N,) int64 run ids, 0, 1, ... in time order, one per window of `starts` in its order.
+
+    Examples:
+        Windows of 6 frames 5 minutes apart (30 minutes long): window 12 starts 30 minutes
+        after the last frame of window 1 (frame 6), so they are one run; window 25 starts 40
+        minutes after the last frame of window 12, so it starts a new one.
+
+        >>> times = np.arange(100) * 300
+        >>> consecutive_runs(times, np.array([0, 1, 12, 25, 26]), window_length=6,
+        ...                  minutes_per_frame=5).tolist()
+        [0, 0, 0, 1, 1]
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    order = np.argsort(starts, kind="stable")
+    ordered = starts[order]
+    window_seconds = window_length * minutes_per_frame * 60
+    # From the last frame of one window to the first frame of the next, in seconds.
+    gaps = np.diff(times[ordered]) - (window_length - 1) * minutes_per_frame * 60
+    new_run = gaps > window_seconds
+    if events is not None:
+        new_run |= np.diff(np.asarray(events)[ordered]) != 0
+    runs = np.empty(starts.size, np.int64)
+    runs[order] = np.concatenate([[0], np.cumsum(new_run)])
+    return runs
+
+
+def _check_bootstrap_settings(metrics_cfg: MetricsConfig) -> None:
+    if metrics_cfg.bootstrap_samples < 0:
         raise ValueError(
-            "metrics.bootstrap_samples must be >= 0 (0: no interval) and "
-            f"metrics.bootstrap_block_hours positive. Received: {samples=}, {hours=}"
+            "metrics.bootstrap_samples must be >= 0 (0: no interval). "
+            f"Received: {metrics_cfg.bootstrap_samples}"
         )
-    return round(hours * 3600)
 
 
-def _bootstrap_record(accumulators: dict, metrics_cfg: MetricsConfig) -> dict | None:
-    """The interval of the model's mean CSI over lead times minus each baseline's."""
+def _bootstrap_record(
+    accumulators: dict, metrics_cfg: MetricsConfig, runs: np.ndarray
+) -> dict | None:
+    """The interval of the model's mean CSI over lead times minus each baseline's, from
+    resamples of whole runs of consecutive windows (`runs`: each window's, from
+    `consecutive_runs`); none with fewer than `MIN_BOOTSTRAP_RUNS` runs."""
     samples = metrics_cfg.bootstrap_samples
     if samples == 0:
         return None
     model = accumulators["model"].block_contingency
+    windows_per_run = np.bincount(runs)
+    trusted = windows_per_run.size >= MIN_BOOTSTRAP_RUNS
     return {
         "score": "csi",
         "level": BOOTSTRAP_LEVEL,
         "samples": samples,
-        "block_hours": metrics_cfg.bootstrap_block_hours,
-        "blocks": len(model),
+        "unit": "run of consecutive windows",
+        "runs": windows_per_run.size,
+        "min_runs": MIN_BOOTSTRAP_RUNS,
+        "windows": int(windows_per_run.sum()),
+        "windows_per_run": [int(windows_per_run.min()), int(windows_per_run.max())],
         "mean_difference_interval": {
             name: bootstrap_mean_difference(
                 model, accumulator.block_contingency, samples=samples, level=BOOTSTRAP_LEVEL
             )
             for name, accumulator in accumulators.items()
-            if name != "model"
+            if name != "model" and trusted
         },
     }
 
@@ -381,7 +455,8 @@ def summary_table(record: dict) -> str:
 def head_to_head(record: dict, score: str = "csi") -> list[str]:
     """Lines comparing the model's `score` with each baseline's, per threshold: at how many
     lead times the model is higher, the model's mean over lead times minus the baseline's, and
-    that difference's bootstrap interval where the record has one for `score`."""
+    that difference's bootstrap interval where the record has one for `score`, then what the
+    interval resampled, or why there is none (too few runs of consecutive windows)."""
     methods = record["methods"]
     if "model" not in methods or len(methods) < 2:
         return []
@@ -406,10 +481,21 @@ def head_to_head(record: dict, score: str = "csi") -> list[str]:
         f"{name:<{width}}" + "".join(f"{v:>15}" for v in values) for name, values in rows.items()
     ]
     if intervals:
+        low, high = bootstrap["windows_per_run"]
         lines += [
-            f"Interval: {bootstrap['samples']} resamples of the {bootstrap['blocks']} blocks of "
-            f"{bootstrap['block_hours']:g} h that hold the windows;",
-            "it spans the weather sampled, not the randomness of training.",
+            f"Interval: {bootstrap['samples']} resamples of the {bootstrap['runs']} runs of "
+            f"consecutive windows ({low}-{high} windows each),",
+            "each drawn whole as its windows share weather; it spans the weather sampled if the "
+            "runs",
+            "are independent (separate days), not the randomness of training.",
+        ]
+    elif bootstrap and bootstrap.get("score") == score:
+        runs = bootstrap["runs"]
+        lines += [
+            f"No interval: the {bootstrap['windows']} windows form {runs} run"
+            f"{'' if runs == 1 else 's'} of consecutive windows, fewer than the "
+            f"{bootstrap['min_runs']} a",
+            "resample needs to be trusted; the differences above come from one sample of weather.",
         ]
     return lines
 
@@ -478,11 +564,17 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     windows = windows_to_score(cfg, run_dir, run_cfg)
     n_in, n_out = run_cfg.data.n_in, run_cfg.data.n_out
     norm = run_cfg.data.normalisation
-    block_seconds = _bootstrap_block_seconds(cfg.metrics)
+    _check_bootstrap_settings(cfg.metrics)
     with open_store(windows.store) as store:
         height, width = store.shape[1:]
         minutes_per_frame, quantity = store.minutes_per_frame, store.quantity
-        blocks = store.times[windows.starts] // block_seconds
+        runs = consecutive_runs(
+            store.times,
+            windows.starts,
+            window_length=n_in + n_out,
+            minutes_per_frame=minutes_per_frame,
+            events=store.events,
+        )
     scoring = scoring_for(quantity, cfg.metrics)
     model = load_checkpoint(run_cfg, checkpoint, (height, width, 1))
     forecasters = {"model": model.predict_on_batch}
@@ -510,12 +602,12 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     scored = 0
     for inputs, targets in dataset:
         observation = to_physical(targets, norm, quantity)
-        batch_blocks = blocks[scored : scored + len(inputs)]
+        batch_runs = runs[scored : scored + len(inputs)]
         for name, forecast in forecasters.items():
             accumulators[name].update(
                 forecast=to_physical(forecast(inputs), norm, quantity),
                 observation=observation,
-                blocks=batch_blocks,
+                blocks=batch_runs,
             )
         scored += len(inputs)
         progress.add(len(inputs))
@@ -550,7 +642,7 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
         if scoring.balanced
         else None,
         "methods": {name: _method_record(acc) for name, acc in accumulators.items()},
-        "bootstrap": _bootstrap_record(accumulators, cfg.metrics),
+        "bootstrap": _bootstrap_record(accumulators, cfg.metrics, runs),
     }
     summary = summary_table(record)
     _publish(output_dir, lambda folder: _write_outputs(folder, record, summary))

@@ -16,7 +16,14 @@ from omegaconf import OmegaConf
 
 from nowcast.config import MetricsConfig, NormalisationConfig, config_dir, register_configs
 from nowcast.data.store import write_store
-from nowcast.evaluation import evaluate, head_to_head, run_baselines, scoring_for, to_physical
+from nowcast.evaluation import (
+    consecutive_runs,
+    evaluate,
+    head_to_head,
+    run_baselines,
+    scoring_for,
+    to_physical,
+)
 from nowcast.metrics import categorical_scores
 from nowcast.model import build_model
 from nowcast.units import normalise, rain_to_dbz
@@ -47,16 +54,43 @@ def test_head_to_head_counts_lead_times_won_and_the_mean_difference():
         "score": "csi",
         "level": 0.95,
         "samples": 1000,
-        "blocks": 8,
-        "block_hours": 3.0,
+        "unit": "run of consecutive windows",
+        "runs": 8,
+        "min_runs": 5,
+        "windows": 100,
+        "windows_per_run": [3, 41],
         "mean_difference_interval": {"optical_flow": [[-0.0123, 0.0151], [None, None]]},
     }
     interval, footnote = head_to_head(record)[4:6]
     assert interval.split() == ["optical_flow:", "95%", "interval", "-0.012..+0.015", "n/a"]
-    assert footnote.startswith("Interval: 1000 resamples of the 8 blocks of 3 h")
+    assert footnote == (
+        "Interval: 1000 resamples of the 8 runs of consecutive windows (3-41 windows each),"
+    )
     for result in record["methods"].values():
         result["scores"]["hss"] = result["scores"]["csi"]
     assert len(head_to_head(record, score="hss")) == 4  # the interval is the CSI's
+
+    # Too few runs: no interval, and the reason instead.
+    record["bootstrap"].update(runs=1, windows=76, mean_difference_interval={})
+    lines = head_to_head(record)
+    assert not any("interval" in line for line in lines[:4])
+    assert "".join(lines[4:]).startswith(
+        "No interval: the 76 windows form 1 run of consecutive windows, fewer than the 5 a"
+    )
+
+
+def test_the_bootstrap_draws_runs_of_consecutive_windows():
+    """A run goes on across gaps of up to a window's length (6 frames of 5 min here), from the
+    last frame of a window to the first of the next, and stops at a new event."""
+    times = np.arange(60) * 300
+    times[40:] += 3600  # an hour without frames before frame 40
+    starts = np.array([25, 0, 1, 2, 13, 26, 40, 41, 50])  # not in order
+    runs = consecutive_runs(times, starts, window_length=6, minutes_per_frame=5)
+    # 2 -> 13: 30 min from frame 7 to frame 13, one run; 13 -> 25: 35 min, a new one.
+    assert runs.tolist() == [1, 0, 0, 0, 0, 1, 2, 2, 2]
+    events = np.where(np.arange(60) < 10, 0, 1)  # frame 10 starts an event
+    runs = consecutive_runs(times, starts, window_length=6, minutes_per_frame=5, events=events)
+    assert runs.tolist() == [2, 0, 0, 0, 1, 2, 3, 3, 3]
 
 
 @pytest.fixture
@@ -131,14 +165,17 @@ def test_evaluate_scores_the_run_split_and_baselines(tiny_run, evaluate_config):
         assert np.array(scores["scores"]["fss"]).shape == (3, 2)
     persistence = record["methods"]["persistence"]["mean_over_lead_times"]
     assert 0 < persistence["csi"][0] < 1 and persistence["mse"] > 0
-    # The interval resamples the 3-hour blocks of time that hold the test windows.
+    # The interval would resample the runs of consecutive test windows (of 6 frames: a new run
+    # after more than 30 min from one's last frame to the next's first): the split's blocks of
+    # 4 h, too few to trust.
     start_times = split["splits"]["test"]["start_times"]
     seconds = np.array([t.removesuffix("Z") for t in start_times], "datetime64[s]").astype(int)
+    runs = 1 + np.sum(np.diff(seconds) > (5 + 6) * 300)
     bootstrap = record["bootstrap"]
-    assert bootstrap["blocks"] == np.unique(seconds // (3 * 3600)).size
-    assert list(bootstrap["mean_difference_interval"]) == METHODS[1:]
-    assert np.array(bootstrap["mean_difference_interval"]["persistence"]).shape == (6, 2)
-    assert "persistence: 95% interval" in result.summary
+    assert bootstrap["runs"] == runs < 5 and bootstrap["windows"] == len(seconds)
+    assert bootstrap["mean_difference_interval"] == {}
+    assert "95% interval" not in result.summary
+    assert f"windows form {runs} run" in result.summary
 
     with open(out / "categorical.csv") as f:
         rows = list(csv.DictReader(f))
@@ -298,11 +335,34 @@ def test_frames_the_model_cannot_take_are_one_line(tiny_run, evaluate_config, tm
     assert not (tmp_path / "evaluation").exists()
 
 
+def test_the_interval_resamples_runs_of_consecutive_windows(tiny_run, evaluate_config, tmp_path):
+    """Six bursts of 8 frames (3 windows of 6 frames each). The first two are 20 minutes
+    apart: one run of 6 windows. Then 90 minutes or more between bursts: 5 runs in all (not 6
+    bursts, nor the 4 blocks of 3 hours the windows start in), just enough for an interval."""
+    first_minutes = [0, 55, 180, 305, 430, 825]
+    minutes = np.concatenate([m + 5 * np.arange(8) for m in first_minutes])
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(10.0, 45.0, (minutes.size, 32, 32)).astype(np.float32)
+    path = write_store(tmp_path / "bursts.h5", frames, minutes * 60, grid={},
+                       minutes_per_frame=5)  # fmt: skip
+    cfg = evaluate_config(
+        f"run={tiny_run}", "data=knmi", f"data.path={path}", "split=all", "baselines=[sprog]"
+    )
+    result = evaluate(cfg)
+    bootstrap = result.metrics["bootstrap"]
+    assert result.metrics["data"]["windows"] == bootstrap["windows"] == 18
+    assert bootstrap["runs"] == 5 and bootstrap["windows_per_run"] == [3, 6]
+    assert np.shape(bootstrap["mean_difference_interval"]["sprog"]) == (6, 2)
+    assert "sprog: 95% interval" in result.summary
+    assert "1000 resamples of the 5 runs of consecutive windows (3-6 windows each)" in (
+        result.summary
+    )
+
+
 def test_bad_bootstrap_settings_are_one_line(tiny_run, evaluate_config, tmp_path, capsys):
-    for setting in ("metrics.bootstrap_samples=-1", "metrics.bootstrap_block_hours=0"):
-        cfg = evaluate_config(f"run={tiny_run}", setting)
-        line = fails_with_one_line(lambda cfg=cfg: evaluate(cfg), capsys)
-        assert "metrics.bootstrap_samples must be >= 0" in line, setting
+    cfg = evaluate_config(f"run={tiny_run}", "metrics.bootstrap_samples=-1")
+    line = fails_with_one_line(lambda: evaluate(cfg), capsys)
+    assert "metrics.bootstrap_samples must be >= 0 (0: no interval). Received: -1" in line
     assert not (tmp_path / "evaluation").exists()
 
 
@@ -335,8 +395,21 @@ def test_console_script_end_to_end(tiny_run, tmp_path):
 
 
 def test_baselines_are_set_up_as_the_runs_model():
-    run_cfg = OmegaConf.create({"data": {"n_out": 3}, "model": {"advection_max_speed": 2}})
-    baselines = run_baselines(["persistence", "block_matching"], run_cfg)
-    assert list(baselines) == ["persistence", "block_matching"]
+    norm = {"dbz_min": -10.0, "dbz_max": 60.0, "zr_a": 300.0, "zr_b": 1.4}
+    run_cfg = OmegaConf.create(
+        {
+            "data": {"n_in": 3, "n_out": 3, "normalisation": norm},
+            "model": {"advection_max_speed": 2},
+        }
+    )
+    baselines = run_baselines(["persistence", "block_matching", "sprog"], run_cfg)
+    assert list(baselines) == ["persistence", "block_matching", "sprog"]
     assert baselines["persistence"].n_out == baselines["block_matching"].n_out == 3
+    assert baselines["sprog"].n_out == 3
     assert baselines["block_matching"].max_speed == 2
+    assert baselines["sprog"].norm == norm
+    # S-PROG fits an AR(2) model to the 3 newest frames.
+    run_cfg.data.n_in = 2
+    assert list(run_baselines(["optical_flow"], run_cfg)) == ["optical_flow"]
+    with pytest.raises(ValueError, match=r"sprog baseline needs at least 3 .* data.n_in=2; lea"):
+        run_baselines(["optical_flow", "sprog"], run_cfg)
