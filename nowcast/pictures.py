@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from nowcast.checkpoints import load_checkpoint, load_run_config, resolve_checkpoint
 from nowcast.data.sources import iso
 from nowcast.data.store import open_store
-from nowcast.data.windows import window_means
+from nowcast.data.windows import ALL_WINDOWS, window_means
 from nowcast.evaluation import plot_scores_versus_lead_time, run_baselines, windows_to_score
 from nowcast.forecast import (
     RUN_HINT,
@@ -57,9 +57,9 @@ class PlotResult:
 
     @property
     def summary(self) -> str:
+        which = "Window" if self.split == ALL_WINDOWS else f"{self.split.capitalize()} window"
         lines = [
-            f"{self.split.capitalize()} window {self.window} of {self.windows}, issued "
-            f"{iso(self.issue_time)}:",
+            f"{which} {self.window} of {self.windows}, issued {iso(self.issue_time)}:",
             *(f"  {path}" for path in self.files),
         ]
         if self.skill_files:
