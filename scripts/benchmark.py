@@ -342,8 +342,11 @@ class ReferenceConv:
         x = ops.convert_to_tensor(rng.random((self.batch, self.size, self.size, self.channels)))
         w = rng.random((self.kernel, self.kernel, self.channels, self.channels)) * 0.01
         x, w = ops.cast(x, dtype), ops.cast(ops.convert_to_tensor(w), dtype)
-        # The sum makes the call wait for the result without copying the whole output back.
-        return lambda: ops.convert_to_numpy(ops.sum(ops.conv(x, w, padding="same")))
+        # The sum makes the call wait for the result without copying the whole output back;
+        # cast first, since NumPy has no bfloat16 to take it in.
+        return lambda: ops.convert_to_numpy(
+            ops.cast(ops.sum(ops.conv(x, w, padding="same")), "float32")
+        )
 
 
 def pipeline_windows_per_second(

@@ -89,3 +89,15 @@ def test_default_file_names_what_changes_the_figures(benchmark, monkeypatch):
         assert onednn.name == "benchmark-cpu-tensorflow-onednn.json"
     else:
         assert onednn == plain
+
+
+def test_reference_conv_times_bfloat16_too(benchmark):
+    """Under TensorFlow a bfloat16 result cannot become a NumPy array as it is (it crashed
+    `make bench ARGS="--precision mixed_bfloat16"`)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        call = benchmark.ReferenceConv(1, 8, 4, 3).make_call()
+        assert float(call()) > 0
+    finally:
+        keras.config.set_dtype_policy(previous)
