@@ -25,7 +25,7 @@ from the seed and its place in that order, so a resumed run, or one on more repl
 every window as the uninterrupted one-device run does.
 
 Fine-tuning: `init` names a run directory (its best checkpoint) or a .keras file whose weights
-a new run starts from (`load_initial_weights`); the run has its own optimizer, schedule and
+a new run starts from (`initial_checkpoint`); the run has its own optimizer, schedule and
 windows. A resumed run continues from its backup and does not read `init` again.
 """
 
@@ -437,6 +437,8 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
     """Train from `state`, writing under `run_dir`; returns the model and this session's epochs."""
     data_cfg, trainer_cfg = cfg.data, cfg.trainer
     loss = make_loss(cfg.loss, data_cfg.normalisation)  # a bad setting fails before any work
+    # A resumed run continues from its backup, not from `init`.
+    initial = initial_checkpoint(cfg) if cfg.init is not None and not state.weights else None
     for folder in (run_dir, run_dir / "checkpoints", run_dir / "backup"):
         for leftover in remove_temporary_files(folder):
             log.info("Removed %s, left by an interrupted write", leftover)
@@ -503,8 +505,9 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
         images = (keras.ops.convert_to_numpy(inputs), keras.ops.convert_to_numpy(targets))
 
     model = build_model(cfg.model, n_out=data_cfg.n_out, input_shape=(height, width, 1))
-    if cfg.init is not None and not state.weights:
-        log.info("Starting from the weights of %s", load_initial_weights(model, cfg))
+    if initial is not None:
+        load_initial_weights(model, initial, cfg.init)
+        log.info("Starting from the weights of %s", initial)
     model.summary(print_fn=log.info)
     model.compile(
         optimizer=make_optimizer(cfg.optimizer, total_steps),
@@ -566,20 +569,17 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
     return model, history
 
 
-def load_initial_weights(model: keras.Model, cfg: DictConfig) -> Path:
-    """Load the weights of `cfg.init` into the built model of a new run (fine-tuning).
+def initial_checkpoint(cfg: DictConfig) -> Path:
+    """The checkpoint whose weights a new run starts from (`cfg.init`, fine-tuning), checked
+    against the run before anything is written.
 
     `cfg.init` is a run directory (its checkpoints/best.keras) or a .keras file. The checkpoint
     must hold this run's architecture (the number of lead times may differ: no weight depends
     on it), and a run directory must have been trained on the same normalisation.
 
-    Returns:
-        The checkpoint loaded.
-
     Raises:
         FileNotFoundError: nothing at `cfg.init`, or a run directory without a best checkpoint.
-        ValueError: not a Keras checkpoint, another architecture or normalisation, or weights
-            that do not fit (a peephole model trained on frames of another size).
+        ValueError: not a Keras checkpoint, or another architecture or normalisation.
     """
     source = Path(cfg.init).expanduser().absolute()
     if not source.exists():
@@ -589,13 +589,12 @@ def load_initial_weights(model: keras.Model, cfg: DictConfig) -> Path:
     checkpoint = source
     if source.is_dir():
         checkpoint = resolve_checkpoint(source, "best")
-        trained_on = load_run_config(source).data.normalisation
-        if OmegaConf.to_container(trained_on) != OmegaConf.to_container(cfg.data.normalisation):
+        trained_on = OmegaConf.to_container(load_run_config(source).data.normalisation)
+        this_run = OmegaConf.to_container(cfg.data.normalisation)
+        if trained_on != this_run:
             raise ValueError(
-                f"init={cfg.init} was trained on data.normalisation "
-                f"{OmegaConf.to_container(trained_on)}, this run has "
-                f"{OmegaConf.to_container(cfg.data.normalisation)}; set data.normalisation "
-                "to the run's"
+                f"init={cfg.init} was trained on data.normalisation {trained_on}, this run has "
+                f"{this_run}; set data.normalisation to the run's"
             )
     differences = architecture_differences(
         checkpoint, cfg.model, n_out=cfg.data.n_out, ignore=("n_out",)
@@ -605,15 +604,24 @@ def load_initial_weights(model: keras.Model, cfg: DictConfig) -> Path:
             f"init={cfg.init} holds another architecture than this run's model "
             f"({'; '.join(differences)}); pass the model options it was trained with"
         )
+    return checkpoint
+
+
+def load_initial_weights(model: keras.Model, checkpoint: Path, init: str) -> None:
+    """Load the weights of `checkpoint` (from `initial_checkpoint`) into the built model.
+
+    Raises:
+        ValueError: weights that do not fit (a peephole model trained on frames of another
+            size), naming `init=`.
+    """
     try:
         model.load_weights(checkpoint)
     except (ValueError, OSError, KeyError) as err:
         first_line = next((line for line in str(err).splitlines() if line.strip()), "")
         raise ValueError(
-            f"the weights of init={cfg.init} do not fit this run's model ({first_line}); a "
+            f"the weights of init={init} do not fit this run's model ({first_line}); a "
             "peephole model takes only the frame size it was trained on"
         ) from None
-    return checkpoint
 
 
 def _restore(model: keras.Model, weights: Path) -> None:

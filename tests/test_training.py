@@ -278,7 +278,9 @@ def test_init_of_another_model_is_one_line_before_any_output(
     with pytest.raises(ValueError, match=message) as error:
         train(cfg)
     assert "\n" not in str(error.value)
-    assert not (Path(cfg.paths.output_dir) / "model.keras").exists()
+    run_dir = Path(cfg.paths.output_dir)
+    for written in ("model.keras", "config.yaml", "split.json", "checkpoints"):
+        assert not (run_dir / written).exists(), written
 
 
 def test_init_that_is_not_a_checkpoint_is_one_line(run_config, tmp_path):
