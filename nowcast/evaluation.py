@@ -213,9 +213,7 @@ def windows_to_score(cfg: DictConfig, run_dir: Path, run_cfg: DictConfig) -> _Wi
     if cfg.data is not None:
         from_run = {key: run_cfg.data[key] for key in ("n_in", "n_out", "normalisation")}
         windows = _windows_from_data_config(OmegaConf.merge(cfg.data, from_run), cfg.split)
-    elif cfg.split == ALL_WINDOWS:
-        windows = _windows_from_data_config(run_cfg.data, cfg.split)
-    elif (run_dir / "split.json").is_file():
+    elif cfg.split != ALL_WINDOWS and (run_dir / "split.json").is_file():
         windows = _windows_from_split_file(run_dir / "split.json", cfg.split, run_cfg.data)
     else:
         windows = _windows_from_data_config(run_cfg.data, cfg.split)
