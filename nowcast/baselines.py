@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from keras import ops
@@ -29,6 +31,11 @@ CASCADE_LEVELS = 6
 RAIN_MMH_THRESHOLD = 0.1
 RAIN_DB_THRESHOLD = 10.0 * math.log10(RAIN_MMH_THRESHOLD)
 RAIN_DB_ZERO = -15.0
+
+
+def _cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _check_inputs(inputs: np.ndarray, min_frames: int, name: str) -> np.ndarray:
@@ -89,17 +96,18 @@ class OpticalFlow:
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         inputs = _check_inputs(inputs, self.min_frames, self.title)
-        batch, _, height, width, _ = inputs.shape
-        forecast = np.empty((batch, self.n_out, height, width, 1), np.float32)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), ThreadPoolExecutor(_cores()) as pool:
             # With few motion vectors (little echo) pysteps' outlier test is degenerate: NumPy
             # warns about its covariance and pysteps says it skips the test. Nothing to act on.
             warnings.filterwarnings("ignore", "Singular matrix during outlier detection")
             warnings.simplefilter("ignore", RuntimeWarning)
-            for k, frames in enumerate(inputs[..., 0]):  # (n_in, H, W) per window
-                velocity = self._motion(frames)  # (2, H, W): pixels per frame along x, y
-                forecast[k, ..., 0] = self._forecast(frames, velocity)
-        return forecast
+            # Windows on every core: pysteps' NumPy, SciPy and OpenCV release the GIL.
+            forecasts = pool.map(self._window, inputs[..., 0])  # (n_in, H, W) per window
+            return np.stack(list(forecasts)).astype(np.float32)[..., None]
+
+    def _window(self, frames: np.ndarray) -> np.ndarray:
+        velocity = self._motion(frames)  # (2, H, W): pixels per frame along x, y
+        return self._forecast(frames, velocity)
 
     def _forecast(self, frames: np.ndarray, velocity: np.ndarray) -> np.ndarray:
         """(n_out, H, W) from one window's (n_in, H, W) frames and their motion."""

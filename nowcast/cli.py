@@ -211,10 +211,16 @@ def train_main() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
 def _evaluate(cfg: DictConfig) -> None:
-    import_keras_quietly()  # TensorFlow loads here, after Hydra has checked the config
+    from nowcast.sharding import check_shard_options
+
+    run_reporting_errors(lambda: check_shard_options(cfg.shard, cfg.merge))
+    import_keras_quietly()  # TensorFlow loads here, after Hydra and shard= have been checked
     from nowcast.evaluation import evaluate
 
     result = run_reporting_errors(lambda: evaluate(cfg))
+    if cfg.shard is not None:
+        print(f"\n{result.summary}")
+        return
     print(f"\n{result.summary}\n\nEvaluation written to {result.output_dir}")
     for name, what in [
         ("metrics.json", "every score, the raw counts, and what was scored"),
@@ -225,7 +231,8 @@ def _evaluate(cfg: DictConfig) -> None:
 
 
 def evaluate_main() -> None:
-    """`nowcast-evaluate run=<run_dir> [checkpoint=best|last|<path>] [split=test] [data=...]`."""
+    """`nowcast-evaluate run=<run_dir> [checkpoint=best|last|<path>] [split=test] [data=...]
+    [shard=i/n | merge=true]`."""
     run_hydra_reporting_errors(_evaluate, "nowcast-evaluate")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 # Rain-rate thresholds (mm/h) that forecasts are scored at, and trained for by the soft CSI:
 # HKO-7's ladder with 1 mm/h added.
@@ -331,6 +332,11 @@ class EvaluateConfig:
     S-PROG is not on by default: it costs about 3 times optical flow per window (7-8 s against
     2-3 s on 760 x 696 frames, 5 inputs, 12 lead times, a shared 2-core CPU); add it with
     `baselines=[persistence,optical_flow,block_matching,sprog]`. It needs data.n_in >= 3.
+
+    Sharded scoring (nowcast.sharding): `shard=i/n` scores only the i-th of n equal stretches
+    of the windows and writes their raw totals to `shards_dir`/shard-<i>-of-<n>/;
+    `merge=true`, with the shards' other settings, sums the n shards into the usual outputs in
+    `paths.output_dir`.
     """
 
     run: str = MISSING
@@ -344,6 +350,9 @@ class EvaluateConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     progress: bool = True
     overwrite: bool = False
+    shard: str | None = None
+    merge: bool = False
+    shards_dir: str = MISSING
     paths: PathsConfig = MISSING
 
 
@@ -398,8 +407,20 @@ class PredictConfig:
     overwrite: bool = False
 
 
+def _value_or(key: str, default: object, *, _root_: DictConfig) -> object:
+    """`${nowcast.value_or:key,default}`: the value at `key`, or `default` while a value it
+    needs is missing. Hydra's multirun resolves its sweep directory from the config without the
+    swept keys (`nowcast-evaluate -m run=a,b` leaves `run` missing there)."""
+    try:
+        return OmegaConf.select(_root_, key, throw_on_missing=True)
+    except (MissingMandatoryValue, InterpolationToMissingValueError):
+        return default
+
+
 def register_configs() -> None:
-    """Put every schema into Hydra's ConfigStore; the YAML options extend them by name."""
+    """Put every schema into Hydra's ConfigStore, which the YAML options extend by name, and
+    nowcast's resolvers into OmegaConf."""
+    OmegaConf.register_new_resolver("nowcast.value_or", _value_or, replace=True)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="data_synthetic_schema", node=SyntheticCommandConfig)

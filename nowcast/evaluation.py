@@ -18,11 +18,18 @@ renamed when complete:
     continuous.csv     per method and lead time: MSE, MAE, B-MSE, B-MAE, FSS per scale
     summary.txt        the table printed at the end: means over lead times
     csi.png, hss.png   the score versus lead time, one panel per threshold, every method
+
+A long record can be scored in shards (nowcast.sharding): `shard=i/n` scores the i-th of n
+stretches of the windows and writes only its raw totals, to
+`<shards_dir>/shard-<i>-of-<n>/shard.json`;
+`merge=true` sums the n shards into the outputs above (`merge_shards`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -30,7 +37,8 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -58,6 +66,14 @@ from nowcast.metrics import (
     VerificationAccumulator,
     bootstrap_mean_difference,
 )
+from nowcast.sharding import (
+    SHARD_FILE,
+    SHARD_FORMAT,
+    Shard,
+    check_shard_options,
+    check_shards,
+    read_shards,
+)
 from nowcast.units import dbz_to_rain, denormalise
 
 log = logging.getLogger(__name__)
@@ -71,6 +87,9 @@ MIN_BOOTSTRAP_RUNS = 5
 
 @dataclass
 class EvaluationResult:
+    """Where the outputs went, what metrics.json holds (for a shard: shard.json), and the text
+    printed at the end."""
+
     output_dir: Path
     metrics: dict
     summary: str
@@ -124,11 +143,14 @@ def to_physical(values: np.ndarray, norm: NormalisationConfig, quantity: str) ->
     relation; other quantities are de-normalised to the store's unit.
     """
     values = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)
-    physical = denormalise(values, norm)
     if quantity != REFLECTIVITY.name:
-        return physical
-    rain = dbz_to_rain(physical, norm.zr_a, norm.zr_b).astype(np.float32)
-    return np.where(values <= 0.0, np.float32(0.0), rain)  # NaN compares False: stays NaN
+        return denormalise(values, norm)
+    # Z-R takes two float64 powers per pixel, the costliest step of scoring a batch: take them
+    # only where there is echo (or no data), a small part of most radar frames.
+    echo = ~(values <= 0.0)  # NaN compares False: no data stays NaN
+    rain = np.zeros_like(values)
+    rain[echo] = dbz_to_rain(denormalise(values[echo], norm), norm.zr_a, norm.zr_b)
+    return rain
 
 
 @dataclass
@@ -533,31 +555,74 @@ def _publish(output_dir: Path, write: Callable[[Path], None]) -> None:
         tmp.rename(output_dir)
 
 
-def evaluate(cfg: DictConfig) -> EvaluationResult:
-    """Score a run's checkpoint and the baselines on one split; see the module docstring.
+@dataclass
+class _Plan:
+    """What a config scores, found without the model: the run's config and checkpoint, the
+    windows and the run of consecutive windows each belongs to (`consecutive_runs`), how they
+    are scored, the methods, and where the outputs go. `header`: the part of metrics.json that
+    says what was scored; `scored`: what a shard records it scored (`_scored`)."""
 
-    Args:
-        cfg: a composed `evaluate` config (nowcast.config.EvaluateConfig).
+    run_cfg: DictConfig
+    checkpoint: Path
+    output_dir: Path
+    windows: _Windows
+    runs: np.ndarray
+    frame_size: tuple[int, int]
+    quantity: str
+    scoring: Scoring
+    methods: list[str]
+    header: dict
+    scored: dict
 
-    Returns:
-        The output folder, the metrics.json content (NumPy arrays) and the summary table.
+
+def _folder(path: str) -> Path:
+    return Path(path).expanduser().absolute()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _scored(header: dict, methods: list[str], checkpoint: Path, starts: np.ndarray) -> dict:
+    """What a shard scored, as JSON values: metrics.json's header, the methods, and digests of
+    the checkpoint file and of every window's start (before sharding). A merge takes only the
+    shards whose record equals its own (nowcast.sharding.check_shards)."""
+    starts = np.ascontiguousarray(starts, dtype="<i8")
+    scored = {
+        **header,
+        "methods": methods,
+        "checkpoint_sha256": _sha256(checkpoint),
+        "windows_sha256": hashlib.sha256(starts.tobytes()).hexdigest(),
+    }
+    return json.loads(json.dumps(_as_json(scored)))
+
+
+def _plan(cfg: DictConfig, shard: Shard | None) -> _Plan:
+    """Check `cfg` and find what it scores; the outputs go to `paths.output_dir`, or for a
+    shard to its folder in `shards_dir`.
 
     Raises:
         FileNotFoundError: no such run, checkpoint or store.
         FileExistsError: the output folder exists and `overwrite` is false.
-        ValueError: a checkpoint that does not match the run's model, frames the model cannot
-            take, or bad settings.
+        ValueError: bad settings, or a split without windows.
     """
     if OmegaConf.is_missing(cfg, "run"):
         raise ValueError("no run given; pass run=<a directory written by nowcast-train>")
-    run_dir = Path(cfg.run).expanduser().absolute()
+    run_dir = _folder(cfg.run)
     run_cfg = load_run_config(run_dir)
     checkpoint = resolve_checkpoint(run_dir, cfg.checkpoint)
-    output_dir = Path(cfg.paths.output_dir).expanduser().absolute()
+    if shard is None:
+        output_dir, elsewhere = _folder(cfg.paths.output_dir), "paths.output_dir"
+    else:
+        output_dir, elsewhere = _folder(cfg.shards_dir) / shard.folder_name, "shards_dir"
     if output_dir.exists() and not cfg.overwrite:
         raise FileExistsError(
             f"{output_dir} exists; pass overwrite=true to replace it, or "
-            "paths.output_dir=<another folder>"
+            f"{elsewhere}=<another folder>"
         )
     windows = windows_to_score(cfg, run_dir, run_cfg)
     n_in, n_out = run_cfg.data.n_in, run_cfg.data.n_out
@@ -574,43 +639,7 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
             events=store.events,
         )
     scoring = scoring_for(quantity, cfg.metrics)
-    model = load_checkpoint(run_cfg, checkpoint, (height, width, 1))
-    forecasters = {"model": model.predict_on_batch}
-    forecasters.update(run_baselines(cfg.baselines, run_cfg))
-    accumulators = {
-        name: VerificationAccumulator(
-            n_lead_times=n_out,
-            thresholds=scoring.thresholds,
-            fss_threshold=scoring.fss_threshold,
-            fss_scales=cfg.metrics.fss_scales,
-            balanced_thresholds=BALANCED_THRESHOLDS_MMH if scoring.balanced else None,
-        )
-        for name in forecasters
-    }
-    # NumPy batches read ahead by threads, under any backend: the forecasters take NumPy.
-    reader = WindowReader(windows.store, windows.starts, n_in=n_in, n_out=n_out, norm=norm, seed=0)
-    dataset = WindowDataset(reader, batch_size=cfg.batch_size or run_cfg.data.batch_size)
-    log.info(
-        "Scoring %s",
-        _describe_windows(cfg.split, windows.store, windows.starts.size, windows.data),
-    )
-    progress = keras.utils.Progbar(
-        windows.starts.size, verbose=1 if cfg.progress else 0, unit_name="window"
-    )
-    scored = 0
-    for inputs, targets in dataset:
-        observation = to_physical(targets, norm, quantity)
-        batch_runs = runs[scored : scored + len(inputs)]
-        for name, forecast in forecasters.items():
-            accumulators[name].update(
-                forecast=to_physical(forecast(inputs), norm, quantity),
-                observation=observation,
-                blocks=batch_runs,
-            )
-        scored += len(inputs)
-        progress.add(len(inputs))
-
-    record = {
+    header = {
         "run": str(run_dir),
         "checkpoint": str(checkpoint),
         "model": run_cfg.model.name,
@@ -639,9 +668,204 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
         }
         if scoring.balanced
         else None,
+    }
+    methods = list(dict.fromkeys(["model", *cfg.baselines]))
+    return _Plan(
+        run_cfg=run_cfg,
+        checkpoint=checkpoint,
+        output_dir=output_dir,
+        windows=windows,
+        runs=runs,
+        frame_size=(height, width),
+        quantity=quantity,
+        scoring=scoring,
+        methods=methods,
+        header=header,
+        # Before the model loads: the digest is of the checkpoint scored.
+        scored=_scored(header, methods, checkpoint, windows.starts),
+    )
+
+
+def _shard_windows(
+    shard: Shard, windows: _Windows, runs: np.ndarray
+) -> tuple[_Windows, np.ndarray]:
+    """The windows `shard` scores, and their run ids, counted over all windows as a merge
+    counts them.
+
+    Raises:
+        ValueError: fewer windows than shards (a shard would get none).
+    """
+    if runs.size < shard.count:
+        raise ValueError(
+            f"shard={shard}: there are {runs.size} windows to score, fewer than the "
+            f"{shard.count} shards; score them in shard=i/{runs.size} at most"
+        )
+    order = np.argsort(windows.starts, kind="stable")
+    takes = np.zeros(runs.size, bool)
+    takes[order[shard.takes(runs.size)]] = True
+    log.info("Shard %s: %d of the %d windows", shard, takes.sum(), runs.size)
+    return replace(windows, starts=windows.starts[takes]), runs[takes]
+
+
+def _write_evaluation(
+    plan: _Plan, accumulators: dict, metrics_cfg: MetricsConfig
+) -> EvaluationResult:
+    """metrics.json, the tables, summary.txt and the plots from the totals of every window."""
+    record = {
+        **plan.header,
         "methods": {name: _method_record(acc) for name, acc in accumulators.items()},
-        "bootstrap": _bootstrap_record(accumulators, cfg.metrics, runs),
+        "bootstrap": _bootstrap_record(accumulators, metrics_cfg, plan.runs),
     }
     summary = summary_table(record)
-    _publish(output_dir, lambda folder: _write_outputs(folder, record, summary))
-    return EvaluationResult(output_dir=output_dir, metrics=record, summary=summary)
+    _publish(plan.output_dir, lambda folder: _write_outputs(folder, record, summary))
+    return EvaluationResult(output_dir=plan.output_dir, metrics=record, summary=summary)
+
+
+def _write_shard(
+    plan: _Plan, shard: Shard, accumulators: dict, runs: np.ndarray
+) -> EvaluationResult:
+    """shard.json: what was scored, which shard, and each method's totals, per-run counts
+    among them (`VerificationAccumulator.to_record`)."""
+    record = {
+        "format": SHARD_FORMAT,
+        "shard": {"index": shard.index, "count": shard.count, "windows": runs.size},
+        "scored": plan.scored,
+        "accumulators": {name: acc.to_record() for name, acc in accumulators.items()},
+    }
+    text = json.dumps(_as_json(record))
+    _publish(plan.output_dir, lambda folder: (folder / SHARD_FILE).write_text(text))
+    summary = (
+        f"Shard {shard}: {runs.size} of the {plan.runs.size} windows scored, totals written to "
+        f"{plan.output_dir / SHARD_FILE}.\nOnce all {shard.count} shards are written, merge "
+        f"them: the same command with merge=true in place of shard={shard}."
+    )
+    return EvaluationResult(output_dir=plan.output_dir, metrics=record, summary=summary)
+
+
+def merge_shards(cfg: DictConfig) -> EvaluationResult:
+    """Sum the shards in `cfg.shards_dir` into the outputs one process writes (see the module
+    docstring) in `paths.output_dir`.
+
+    The merge works out what its own settings score, without the model (run, checkpoint and
+    its content, store, split, windows, thresholds, baselines), and takes the shards only if
+    each scored exactly that and all n are there once. Counts, the per-run counts and so the
+    bootstrap interval equal one process's; float sums (errors, FSS) may differ in the last
+    bits, being summed in another order. `metrics.bootstrap_samples` is the merge's own.
+
+    Raises:
+        FileNotFoundError: no such run, checkpoint or store, or no shards.
+        FileExistsError: the output folder exists and `overwrite` is false.
+        ValueError: a shard that does not belong with the others or with these settings, a
+            shard found twice, or a missing shard.
+    """
+    plan = _plan(cfg, None)
+    folder = _folder(cfg.shards_dir)
+    records = check_shards(read_shards(folder), plan.scored, folder)
+    accumulators = {}
+    for method in plan.methods:
+        totals = [VerificationAccumulator.from_record(r["accumulators"][method]) for r in records]
+        for other in totals[1:]:
+            totals[0].merge(other)
+        accumulators[method] = totals[0]
+    log.info("Merged the %d shards in %s", len(records), folder)
+    return _write_evaluation(plan, accumulators, cfg.metrics)
+
+
+def evaluate(cfg: DictConfig) -> EvaluationResult:
+    """Score a run's checkpoint and the baselines on one split; see the module docstring.
+
+    With `shard=i/n`, only the runs of consecutive windows whose id modulo n is i are scored,
+    and their raw totals written to `<shards_dir>/shard-<i>-of-<n>/shard.json`; with
+    `merge=true`, nothing is scored and the shards are merged (`merge_shards`).
+
+    Args:
+        cfg: a composed `evaluate` config (nowcast.config.EvaluateConfig).
+
+    Returns:
+        The output folder, the metrics.json content (NumPy arrays; for a shard, shard.json's)
+        and the summary table.
+
+    Raises:
+        FileNotFoundError: no such run, checkpoint or store.
+        FileExistsError: the output folder exists and `overwrite` is false.
+        ValueError: a checkpoint that does not match the run's model, frames the model cannot
+            take, or bad settings.
+    """
+    shard = check_shard_options(cfg.shard, cfg.merge)
+    if cfg.merge:
+        return merge_shards(cfg)
+    with _plain_pages():
+        return _score(cfg, shard)
+
+
+@contextlib.contextmanager
+def _plain_pages():
+    """NumPy asks Linux for huge pages for every large array. Where the kernel then compacts
+    memory on each page fault (THP defrag=madvise, a common default), scoring a batch of
+    full-size radar frames, which makes and drops arrays of hundreds of MB, spent more time in
+    the kernel than in NumPy; with plain pages the system time of a batch fell by a factor
+    of 3 (docs/benchmarks.md)."""
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    previous = multiarray._set_madvise_hugepage(False)
+    try:
+        yield
+    finally:
+        multiarray._set_madvise_hugepage(previous)
+
+
+def _score(cfg: DictConfig, shard: Shard | None) -> EvaluationResult:
+    """Score the windows of `cfg` (of `shard`, if given) and write the outputs."""
+    plan = _plan(cfg, shard)
+    run_cfg, checkpoint, windows, runs = plan.run_cfg, plan.checkpoint, plan.windows, plan.runs
+    if shard is not None:
+        windows, runs = _shard_windows(shard, windows, runs)
+    n_in, n_out = run_cfg.data.n_in, run_cfg.data.n_out
+    norm = run_cfg.data.normalisation
+    (height, width), quantity, scoring = plan.frame_size, plan.quantity, plan.scoring
+    model = load_checkpoint(run_cfg, checkpoint, (height, width, 1))
+    forecasters = {"model": model.predict_on_batch}
+    forecasters.update(run_baselines(cfg.baselines, run_cfg))
+    accumulators = {
+        name: VerificationAccumulator(
+            n_lead_times=n_out,
+            thresholds=scoring.thresholds,
+            fss_threshold=scoring.fss_threshold,
+            fss_scales=cfg.metrics.fss_scales,
+            balanced_thresholds=BALANCED_THRESHOLDS_MMH if scoring.balanced else None,
+        )
+        for name in forecasters
+    }
+    # NumPy batches read ahead by threads, under any backend: the forecasters take NumPy.
+    reader = WindowReader(windows.store, windows.starts, n_in=n_in, n_out=n_out, norm=norm, seed=0)
+    dataset = WindowDataset(reader, batch_size=cfg.batch_size or run_cfg.data.batch_size)
+    log.info(
+        "Scoring %s",
+        _describe_windows(cfg.split, windows.store, windows.starts.size, windows.data),
+    )
+    progress = keras.utils.Progbar(
+        windows.starts.size, verbose=1 if cfg.progress else 0, unit_name="window"
+    )
+    scored = 0
+    # The forecasters of a batch run side by side, and each is scored as soon as it is done:
+    # TensorFlow, NumPy, SciPy and OpenCV release the GIL in their heavy loops, so the
+    # baselines take the cores the model leaves idle. Each accumulator still sees its batches
+    # in order, so the sums are those of one method after the other.
+    with ThreadPoolExecutor(max_workers=len(forecasters)) as pool:
+        for inputs, targets in dataset:
+            pending = {
+                pool.submit(forecast, inputs): name for name, forecast in forecasters.items()
+            }
+            observation = to_physical(targets, norm, quantity)
+            batch_runs = runs[scored : scored + len(inputs)]
+            for done in as_completed(pending):
+                accumulators[pending[done]].update(
+                    forecast=to_physical(done.result(), norm, quantity),
+                    observation=observation,
+                    blocks=batch_runs,
+                )
+            scored += len(inputs)
+            progress.add(len(inputs))
+
+    if shard is not None:
+        return _write_shard(plan, shard, accumulators, runs)
+    return _write_evaluation(plan, accumulators, cfg.metrics)

@@ -85,7 +85,12 @@ def contingency_counts(
         int32 tensor (time, K, 4), or (batch, time, K, 4) with `per_sample`, the last axis in
         the order of `CONTINGENCY_FIELDS`. Pixels where the observation is NaN are not counted.
     """
-    forecast, observation = _fields(forecast=forecast, observation=observation)
+    fields = _fields(forecast=forecast, observation=observation)
+    return _contingency_counts(*fields, thresholds=thresholds, per_sample=per_sample)
+
+
+def _contingency_counts(forecast, observation, *, thresholds, per_sample):
+    """`contingency_counts` of (time, batch, height, width) fields from `_fields`."""
     steps, batch = forecast.shape[:2]
     # (T, B, H, W) -> (T, 1, B, H*W), against thresholds (1, K, 1, 1): event masks (T, K, B, H*W).
     forecast = ops.reshape(forecast, (steps, 1, batch, -1))
@@ -167,14 +172,19 @@ def error_sums(
         (non-NaN observation) pixels, then the sums of squared, absolute, weighted squared and
         weighted absolute errors over them.
     """
-    forecast, observation = _fields(forecast=forecast, observation=observation)
+    fields = _fields(forecast=forecast, observation=observation)
+    return _error_sums(*fields, balanced_thresholds=balanced_thresholds, weights=balanced_weights)
+
+
+def _error_sums(forecast, observation, *, balanced_thresholds, weights):
+    """`error_sums` of (time, batch, height, width) fields from `_fields`."""
     valid = ops.isfinite(observation)
     observed = ops.where(valid, observation, 0.0)
     error = ops.cast(ops.where(valid, forecast - observed, 0.0), "float64")
     if balanced_thresholds is None:
         weight = ops.full_like(error, np.nan)
     else:
-        weight = rain_rate_weights(observed, balanced_thresholds, balanced_weights)
+        weight = rain_rate_weights(observed, balanced_thresholds, weights)
         weight = ops.cast(weight, "float64")
     squared, absolute = ops.square(error), ops.abs(error)
     terms = [ops.cast(valid, "float64"), squared, absolute, weight * squared, weight * absolute]
@@ -260,8 +270,13 @@ def fss_sums(*, forecast, observation, threshold: float, scales: Sequence[int]):
         float64 tensor (time, len(scales), 3) in the order of `FSS_SUMS`:
         sum F^2, sum F*O, sum O^2 over batch, height and width.
     """
-    forecast, observation = _fields(forecast=forecast, observation=observation)
     _check_scales(scales)
+    fields = _fields(forecast=forecast, observation=observation)
+    return _fss_sums(*fields, threshold=threshold, scales=scales)
+
+
+def _fss_sums(forecast, observation, *, threshold, scales):
+    """`fss_sums` of (time, batch, height, width) fields from `_fields`."""
     steps = forecast.shape[0]
     valid = ops.isfinite(observation)
     # (2, T, B, H, W): forecast and observed events, so both go through one window sum.
@@ -339,7 +354,6 @@ class VerificationAccumulator:
     def update(self, *, forecast, observation, blocks: Sequence[int] | None = None) -> None:
         """Add one batch: (batch, time, height, width[, 1]) fields in physical units, and
         optionally the block (any integer id) each of its windows belongs to."""
-        pair = {"forecast": forecast, "observation": observation}
         shape = tuple(np.shape(forecast))
         if shape[1] != self.contingency.shape[0]:
             raise ValueError(
@@ -349,14 +363,22 @@ class VerificationAccumulator:
             raise ValueError(
                 f"expected one block per window, Received: {len(blocks)} blocks, {shape=}"
             )
-        counts = contingency_counts(**pair, thresholds=self.thresholds, per_sample=True)
+        # Time first once for all three sums: each transpose copies the whole batch.
+        fields = _fields(forecast=forecast, observation=observation)
+        counts = _contingency_counts(*fields, thresholds=self.thresholds, per_sample=True)
         counts = ops.convert_to_numpy(counts).astype(np.int64)
         self.contingency += counts.sum(axis=0)
         if blocks is not None:
             for block, window in zip(blocks, counts, strict=True):
                 self._add_block(int(block), window)
-        self.errors += ops.convert_to_numpy(error_sums(**pair, **self.balanced))
-        fss = fss_sums(**pair, threshold=self.fss_threshold, scales=self.fss_scales)
+        thresholds, weights = (
+            self.balanced["balanced_thresholds"],
+            self.balanced["balanced_weights"],
+        )
+        self.errors += ops.convert_to_numpy(
+            _error_sums(*fields, balanced_thresholds=thresholds, weights=weights)
+        )
+        fss = _fss_sums(*fields, threshold=self.fss_threshold, scales=self.fss_scales)
         self.fss += ops.convert_to_numpy(fss)
 
     def merge(self, other: VerificationAccumulator) -> None:
@@ -371,6 +393,63 @@ class VerificationAccumulator:
         self.fss += other.fss
         for block, counts in other.block_contingency.items():
             self._add_block(block, counts)
+
+    def to_record(self) -> dict:
+        """Settings and totals as plain lists and numbers (for JSON), which `from_record` reads
+        back into an equal accumulator: counts exactly, sums to the last bit (float64 reprs)."""
+        weighted = self.balanced["balanced_thresholds"]
+        return {
+            "n_lead_times": int(self.contingency.shape[0]),
+            "thresholds": self.thresholds,
+            "fss_threshold": self.fss_threshold,
+            "fss_scales": self.fss_scales,
+            "balanced_thresholds": None if weighted is None else [float(t) for t in weighted],
+            "balanced_weights": [float(w) for w in self.balanced["balanced_weights"]],
+            "contingency": self.contingency.tolist(),
+            "errors": self.errors.tolist(),
+            "fss": self.fss.tolist(),
+            # JSON keys are strings.
+            "block_contingency": {
+                str(block): counts.tolist() for block, counts in self.block_contingency.items()
+            },
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> VerificationAccumulator:
+        """The accumulator that `to_record` described; null sums (NaN in JSON) are NaN.
+
+        Raises:
+            ValueError: totals whose shapes do not fit the settings.
+        """
+        weighted = record["balanced_thresholds"]
+        # Tuples, as the defaults are: `merge` compares the settings.
+        accumulator = cls(
+            n_lead_times=record["n_lead_times"],
+            thresholds=record["thresholds"],
+            fss_threshold=record["fss_threshold"],
+            fss_scales=record["fss_scales"],
+            balanced_thresholds=None if weighted is None else tuple(weighted),
+            balanced_weights=tuple(record["balanced_weights"]),
+        )
+
+        def read(name: str, values, dtype, shape: tuple) -> np.ndarray:
+            values = np.asarray(values, dtype)
+            if values.shape != shape:
+                raise ValueError(
+                    f"expected {name} of shape {shape} for these settings, Received: "
+                    f"shape={values.shape}"
+                )
+            return values
+
+        dtypes = {"contingency": np.int64, "errors": np.float64, "fss": np.float64}
+        for name, dtype in dtypes.items():
+            total = getattr(accumulator, name)
+            total[...] = read(name, record[name], dtype, total.shape)
+        accumulator.block_contingency = {
+            int(block): read("block_contingency", counts, np.int64, accumulator.contingency.shape)
+            for block, counts in record["block_contingency"].items()
+        }
+        return accumulator
 
     def _add_block(self, block: int, counts: np.ndarray) -> None:
         if block in self.block_contingency:

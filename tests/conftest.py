@@ -54,6 +54,23 @@ def compose_config(tmp_path):
 
 
 @pytest.fixture
+def evaluate_config(tmp_path):
+    """Compose `configs/evaluate.yaml`, writing under tmp_path, without a progress bar."""
+    register_configs()
+
+    def _compose(*overrides: str):
+        defaults = [
+            f"paths.output_dir={tmp_path / 'evaluation'}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            "progress=false",
+        ]
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose("evaluate", overrides=[*defaults, *overrides])
+
+    return _compose
+
+
+@pytest.fixture
 def fast_config(compose_config, tiny_store):
     """`debug=fast` on the session's tiny store."""
 

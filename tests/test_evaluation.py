@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from expect import fails_with_one_line
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from nowcast.config import MetricsConfig, NormalisationConfig, config_dir, register_configs
+from nowcast.config import MetricsConfig, NormalisationConfig
 from nowcast.data.store import write_store
 from nowcast.evaluation import (
     consecutive_runs,
@@ -91,23 +90,6 @@ def test_the_bootstrap_draws_runs_of_consecutive_windows():
     events = np.where(np.arange(60) < 10, 0, 1)  # frame 10 starts an event
     runs = consecutive_runs(times, starts, window_length=6, minutes_per_frame=5, events=events)
     assert runs.tolist() == [2, 0, 0, 0, 1, 2, 3, 3, 3]
-
-
-@pytest.fixture
-def evaluate_config(tmp_path):
-    """Compose `configs/evaluate.yaml`, writing under tmp_path, without a progress bar."""
-    register_configs()
-
-    def _compose(*overrides: str):
-        defaults = [
-            f"paths.output_dir={tmp_path / 'evaluation'}",
-            f"paths.data_dir={tmp_path / 'data'}",
-            "progress=false",
-        ]
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            return compose("evaluate", overrides=[*defaults, *overrides])
-
-    return _compose
 
 
 def test_scores_are_in_rain_rate_for_reflectivity_and_in_levels_for_vil():
