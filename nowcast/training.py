@@ -67,12 +67,12 @@ from nowcast.data.store import Store, open_store
 from nowcast.data.synthetic import resolve_store
 from nowcast.distribute import (
     check_global_batch,
+    choose_precision,
     distribute_windows,
     is_chief,
     make_strategy,
     num_replicas,
     resolve_jit_compile,
-    resolve_precision,
 )
 from nowcast.io import (
     remove_temporary_files,
@@ -414,8 +414,10 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
     run_dir = Path(cfg.paths.output_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     state, saved_cfg = start_state(run_dir, cfg)
+    policy, reason = choose_precision(cfg.trainer.precision)
+    log.info("Precision %s: %s", policy, reason)
     previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(resolve_precision(cfg.trainer.precision))
+    keras.mixed_precision.set_global_policy(policy)
     try:
         with contextlib.ExitStack() as stack:
             if strategy is not None:
@@ -515,8 +517,7 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
         jit_compile=resolve_jit_compile(trainer_cfg.jit_compile),
     )
     log.info(
-        "Precision %s, XLA %s, %d replica(s) with %s",
-        keras.mixed_precision.global_policy().name,
+        "XLA %s, %d replica(s) with %s",
         "on" if model.jit_compile else "off",
         num_replicas(strategy),
         type(strategy).__name__ if strategy is not None else "the default strategy",

@@ -4,7 +4,7 @@
     make bench                                   # the default model and the Shi 2017 preset
     python scripts/benchmark.py --quick          # a tiny model, in seconds (the test runs it)
     python scripts/benchmark.py --presets hko7 --frame-size 240 --batch 4
-    python scripts/benchmark.py --precision mixed_bfloat16 --jit off   # on a GPU: XLA off
+    python scripts/benchmark.py --precision float32 --jit off   # full precision, XLA off
 
 For each preset it builds the model twice, with `recurrent="fused"` (nowcast.model.ConvLSTM)
 and `recurrent="keras"` (ConvLSTM2D), identical otherwise, and measures:
@@ -27,9 +27,12 @@ and `recurrent="keras"` (ConvLSTM2D), identical otherwise, and measures:
   build where there is one.
 
 XLA (`--jit auto`) is what Keras picks: off for TensorFlow on a CPU (it made ConvLSTM2D far
-slower there), on for a GPU and for JAX. The JSON records TF_ENABLE_ONEDNN_OPTS: TensorFlow
-uses oneDNN kernels by default only on CPUs with AVX-512 and the like, and setting it to 1
-changes CPU figures a lot (`make bench` sets it to 1, as `make train` does).
+slower there), on for a GPU and for JAX. The precision (`--precision auto`) is what training's
+`trainer.precision=auto` picks (nowcast.distribute.choose_precision): mixed_bfloat16 on CPUs
+with native bfloat16 and on GPUs of compute capability 8.0 and up, else mixed_float16 or
+float32; the run prints which one ran and why. The JSON records TF_ENABLE_ONEDNN_OPTS:
+TensorFlow uses oneDNN kernels by default only on CPUs with AVX-512 and the like, and setting
+it to 1 changes CPU figures a lot (`make bench` sets it to 1, as `make train` does).
 
 It prints a table and writes a JSON file with one entry per preset (default
 benchmarks/benchmark-<device>-<backend>[-onednn][-<precision>][-<xla>][-<presets>].json, the
@@ -68,6 +71,7 @@ from nowcast.config import (
     SyntheticConfig,
     config_dir,
 )
+from nowcast.distribute import PRECISIONS, choose_precision
 from nowcast.losses import make_loss
 from nowcast.model import build_model
 
@@ -143,9 +147,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per build first")
     parser.add_argument(
         "--precision",
-        default="float32",
-        choices=("float32", "mixed_float16", "mixed_bfloat16"),
-        help="Keras dtype policy",
+        default="auto",
+        choices=PRECISIONS,
+        help="Keras dtype policy; auto: what training picks on this device",
     )
     parser.add_argument(
         "--jit",
@@ -516,9 +520,9 @@ def benchmark_preset(
 def print_table(report: dict) -> None:
     load = report["load_average"]
     print(
-        f"\n{report['device']}, {report['backend']}, {report['precision']}"
-        f", XLA {report['jit']}; load average {load['start'][0]:.1f} at "
-        f"start, {load['end'][0]:.1f} at end"
+        f"\n{report['device']}, {report['backend']}, XLA {report['jit']}; load average "
+        f"{load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end\n"
+        f"precision {report['precision']}: {report['precision_reason']}"
     )
     header = (
         f"{'preset':8s} {'build':6s} {'params':>9s} {'train step ms':>15s} {'forward ms':>13s} "
@@ -598,16 +602,31 @@ def write_json(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    keras.mixed_precision.set_global_policy(args.precision)
+    if args.precision == "auto":
+        precision, reason = choose_precision("auto")
+    else:
+        precision, reason = args.precision, "set by --precision"
+    # Restored after, so that a caller in the same process (the tests) keeps its own policy.
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        return run(args, precision, reason)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def run(args: argparse.Namespace, precision: str, reason: str) -> dict:
+    """The benchmark under the dtype policy `precision` (already set); the report it writes."""
     device, accelerator = device_name()
-    output = args.output or default_output(device, args.precision, args.jit, args.presets)
+    output = args.output or default_output(device, precision, args.jit, args.presets)
     if output.exists() and not args.overwrite:
         raise SystemExit(f"benchmark: error: {output} exists; pass --overwrite to replace it")
     report = {
         "device": device,
         "backend": keras.backend.backend(),
         "keras_version": keras.__version__,
-        "precision": args.precision,
+        "precision": precision,
+        "precision_reason": reason,
         "jit": args.jit,
         "repeats": args.repeats,
         "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
@@ -626,6 +645,7 @@ def main(argv: list[str] | None = None) -> dict:
         "flop": conv.flop,
     }
     report["presets"] = {}
+    print(f"precision {precision}: {reason}", flush=True)
     with tempfile.TemporaryDirectory(prefix="nowcast-bench-") as workdir:
         for name in args.presets:
             print(f"benchmarking {name} ...", flush=True)

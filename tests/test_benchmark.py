@@ -9,6 +9,8 @@ from pathlib import Path
 import keras
 import pytest
 
+from nowcast.distribute import choose_precision
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
 
@@ -26,10 +28,15 @@ def _positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def test_quick_run_writes_every_figure(benchmark, tmp_path):
+def test_quick_run_writes_every_figure(benchmark, tmp_path, capsys):
     output = tmp_path / "bench.json"
+    policy = keras.mixed_precision.global_policy().name
     report = benchmark.main(["--quick", "--output", str(output)])
     assert json.loads(output.read_text()) == report
+    # --precision auto is training's choice, printed with its reason; the caller's policy stays.
+    assert (report["precision"], report["precision_reason"]) == choose_precision("auto")
+    assert f"precision {report['precision']}: " in capsys.readouterr().out
+    assert keras.mixed_precision.global_policy().name == policy
     assert list(report["presets"]) == ["tiny"]
     entry = report["presets"]["tiny"]
     figures = ["train_step_speedup", "forward_speedup", "utilisation", "train_step_gflop"]

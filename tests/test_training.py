@@ -21,6 +21,8 @@ from nowcast.callbacks import NonFiniteLossError, TrainingState
 from nowcast.config import config_dir, register_configs
 from nowcast.distribute import (
     check_global_batch,
+    choose_precision,
+    cpu_flags,
     distribute_windows,
     make_strategy,
     resolve_jit_compile,
@@ -442,14 +444,65 @@ def test_each_worker_reads_its_part_of_every_global_batch_at_its_place_in_the_ru
 )
 def test_auto_precision_follows_the_gpus_found(monkeypatch, capabilities, expected):
     monkeypatch.setattr(distribute, "_gpu_compute_capabilities", lambda: capabilities)
-    assert resolve_precision("auto") == expected
+    # flags=(): without GPUs, a CPU without native bfloat16.
+    assert resolve_precision("auto", flags=()) == expected
+    if capabilities:  # with GPUs, the CPU's flags do not count
+        assert resolve_precision("auto", flags={"avx512_bf16"}) == expected
     assert resolve_precision("float32") == "float32"
+
+
+@pytest.mark.parametrize(
+    "flags, backend, onednn, expected, why",
+    [
+        ((), "tensorflow", None, "float32", "without native bfloat16"),
+        (("avx2", "avx512f", "avx512_vnni"), "tensorflow", None, "float32", "without native"),
+        (("avx512f", "avx512_bf16"), "tensorflow", None, "mixed_bfloat16", "avx512_bf16"),
+        (("amx_tile", "amx_bf16"), "tensorflow", "1", "mixed_bfloat16", "amx_bf16"),
+        (("avx512_bf16",), "tensorflow", "0", "float32", "TF_ENABLE_ONEDNN_OPTS=0"),
+        (("avx512_bf16",), "jax", None, "float32", "under jax"),
+    ],
+)
+def test_auto_precision_on_a_cpu_follows_its_bf16_flags(
+    monkeypatch, flags, backend, onednn, expected, why
+):
+    monkeypatch.setattr(distribute, "_gpu_compute_capabilities", lambda: [])
+    monkeypatch.setattr(distribute.keras.backend, "backend", lambda: backend)
+    if onednn is None:
+        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    else:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", onednn)
+    policy, reason = choose_precision("auto", flags=flags)
+    assert policy == expected
+    assert why in reason
+    # An explicit precision passes through whatever the CPU.
+    for precision in ("float32", "mixed_float16", "mixed_bfloat16"):
+        assert choose_precision(precision, flags=flags) == (precision, "set by trainer.precision")
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx512f avx512_bf16\n\n"
+        "processor\t: 1\nflags\t\t: fpu sse2 avx512f avx512_bf16\n"
+    )
+    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx512f", "avx512_bf16"}
+    # ARM lists "Features", macOS and Windows have no file: no native bfloat16 assumed.
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert cpu_flags(tmp_path / "arm") == frozenset()
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+    # Without `flags=`, auto reads the machine's own.
+    monkeypatch.setattr(distribute, "_gpu_compute_capabilities", lambda: [])
+    monkeypatch.setattr(distribute, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setattr(distribute.keras.backend, "backend", lambda: "tensorflow")
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    assert resolve_precision("auto") == "mixed_bfloat16"
 
 
 def test_device_settings_resolve_on_this_machine_and_reject_unknown_values(monkeypatch):
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        assert resolve_precision("auto") == "float32"
+        assert resolve_precision("auto") == choose_precision("auto", flags=cpu_flags())[0]
+        assert resolve_precision("auto", flags=()) == "float32"
     assert [resolve_jit_compile(v) for v in ("auto", "True", "false")] == ["auto", True, False]
     with pytest.raises(ValueError, match="allowed: auto, float32.*'float16'"):
         resolve_precision("float16")
