@@ -214,6 +214,9 @@ def _evaluate(cfg: DictConfig) -> None:
     from nowcast.sharding import check_shard_options
 
     run_reporting_errors(lambda: check_shard_options(cfg.shard, cfg.merge))
+    from nowcast.memory import keep_freed_memory
+
+    keep_freed_memory()  # before TensorFlow starts its threads
     import_keras_quietly()  # TensorFlow loads here, after Hydra and shard= have been checked
     from nowcast.evaluation import evaluate
 

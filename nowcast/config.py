@@ -333,6 +333,9 @@ class EvaluateConfig:
     2-3 s on 760 x 696 frames, 5 inputs, 12 lead times, a shared 2-core CPU); add it with
     `baselines=[persistence,optical_flow,block_matching,sprog]`. It needs data.n_in >= 3.
 
+    `batch_size`: windows forecast and scored at once; unset, the run's `data.batch_size`, cut
+    for large frames to about half a million pixels a batch (one window of 760 x 696).
+
     Sharded scoring (nowcast.sharding): `shard=i/n` scores only the i-th of n equal stretches
     of the windows and writes their raw totals to `shards_dir`/shard-<i>-of-<n>/;
     `merge=true`, with the shards' other settings, sums the n shards into the usual outputs in

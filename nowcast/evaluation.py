@@ -27,7 +27,6 @@ stretches of the windows and writes only its raw totals, to
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -55,6 +54,7 @@ from nowcast.data.pipeline import WindowDataset, WindowReader, select_windows, v
 from nowcast.data.store import REFLECTIVITY, VIL, open_store
 from nowcast.data.synthetic import resolve_store
 from nowcast.data.windows import ALL_WINDOWS, SPLITS
+from nowcast.memory import keep_freed_memory
 from nowcast.metrics import (
     BALANCED_THRESHOLDS_MMH,
     BALANCED_WEIGHTS,
@@ -83,6 +83,7 @@ BOOTSTRAP_LEVEL = 0.95
 # Fewer runs of consecutive windows than this give no interval: a resample of 2-4 runs spans
 # little of what another sample of weather could be, and would print a narrow interval.
 MIN_BOOTSTRAP_RUNS = 5
+PIXELS_PER_BATCH = 2**19  # `scoring_batch_size`
 
 
 @dataclass
@@ -146,11 +147,26 @@ def to_physical(values: np.ndarray, norm: NormalisationConfig, quantity: str) ->
     if quantity != REFLECTIVITY.name:
         return denormalise(values, norm)
     # Z-R takes two float64 powers per pixel, the costliest step of scoring a batch: take them
-    # only where there is echo (or no data), a small part of most radar frames.
-    echo = ~(values <= 0.0)  # NaN compares False: no data stays NaN
-    rain = np.zeros_like(values)
+    # only where there is echo, a small part of most radar frames.
+    rain = np.where(np.isnan(values), np.float32(np.nan), np.float32(0.0))
+    echo = values > 0.0
     rain[echo] = dbz_to_rain(denormalise(values[echo], norm), norm.zr_a, norm.zr_b)
     return rain
+
+
+def scoring_batch_size(training_batch_size: int, frame_pixels: int) -> int:
+    """The windows scored at once: the run's training batch, cut to about `PIXELS_PER_BATCH`.
+
+    Scoring holds a dozen float fields of a batch at once (forecasts, observations, masks,
+    sums); on 760 x 696 radar frames, 8 windows took 21 GB and 1 window 4 GB, and 1 window at
+    a time was the fastest (docs/benchmarks.md).
+
+    >>> scoring_batch_size(8, 128 * 128), scoring_batch_size(8, 512 * 512)
+    (8, 2)
+    >>> scoring_batch_size(8, 760 * 696)
+    1
+    """
+    return max(1, min(training_batch_size, PIXELS_PER_BATCH // frame_pixels))
 
 
 @dataclass
@@ -794,23 +810,8 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     shard = check_shard_options(cfg.shard, cfg.merge)
     if cfg.merge:
         return merge_shards(cfg)
-    with _plain_pages():
-        return _score(cfg, shard)
-
-
-@contextlib.contextmanager
-def _plain_pages():
-    """NumPy asks Linux for huge pages for every large array. Where the kernel then compacts
-    memory on each page fault (THP defrag=madvise, a common default), scoring a batch of
-    full-size radar frames, which makes and drops arrays of hundreds of MB, spent more time in
-    the kernel than in NumPy; with plain pages the system time of a batch fell by a factor
-    of 3 (docs/benchmarks.md)."""
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    previous = multiarray._set_madvise_hugepage(False)
-    try:
-        yield
-    finally:
-        multiarray._set_madvise_hugepage(previous)
+    keep_freed_memory()
+    return _score(cfg, shard)
 
 
 def _score(cfg: DictConfig, shard: Shard | None) -> EvaluationResult:
@@ -837,10 +838,12 @@ def _score(cfg: DictConfig, shard: Shard | None) -> EvaluationResult:
     }
     # NumPy batches read ahead by threads, under any backend: the forecasters take NumPy.
     reader = WindowReader(windows.store, windows.starts, n_in=n_in, n_out=n_out, norm=norm, seed=0)
-    dataset = WindowDataset(reader, batch_size=cfg.batch_size or run_cfg.data.batch_size)
+    batch_size = cfg.batch_size or scoring_batch_size(run_cfg.data.batch_size, height * width)
+    dataset = WindowDataset(reader, batch_size=batch_size)
     log.info(
-        "Scoring %s",
+        "Scoring %s, %d at a time",
         _describe_windows(cfg.split, windows.store, windows.starts.size, windows.data),
+        batch_size,
     )
     progress = keras.utils.Progbar(
         windows.starts.size, verbose=1 if cfg.progress else 0, unit_name="window"

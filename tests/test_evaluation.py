@@ -14,18 +14,19 @@ from expect import fails_with_one_line
 from omegaconf import OmegaConf
 
 from nowcast.config import MetricsConfig, NormalisationConfig
-from nowcast.data.store import write_store
+from nowcast.data.store import REFLECTIVITY, write_store
 from nowcast.evaluation import (
     consecutive_runs,
     evaluate,
     head_to_head,
     run_baselines,
+    scoring_batch_size,
     scoring_for,
     to_physical,
 )
 from nowcast.metrics import categorical_scores
 from nowcast.model import build_model
-from nowcast.units import normalise, rain_to_dbz
+from nowcast.units import dbz_to_rain, denormalise, normalise, rain_to_dbz
 
 METHODS = ["model", "persistence", "optical_flow", "block_matching"]
 
@@ -395,3 +396,22 @@ def test_baselines_are_set_up_as_the_runs_model():
     assert list(run_baselines(["optical_flow"], run_cfg)) == ["optical_flow"]
     with pytest.raises(ValueError, match=r"sprog baseline needs at least 3 .* data.n_in=2; lea"):
         run_baselines(["optical_flow", "sprog"], run_cfg)
+
+
+def test_large_frames_are_scored_in_smaller_batches():
+    assert scoring_batch_size(8, 128 * 128) == 8  # the synthetic set: the run's batch
+    assert scoring_batch_size(8, 512 * 512) == 2
+    assert scoring_batch_size(8, 760 * 696) == 1  # a KNMI composite: one window at a time
+    assert scoring_batch_size(4, 64 * 64) == 4
+
+
+def test_rain_rates_only_where_there_is_echo_match_the_whole_field():
+    """to_physical takes Z-R only on echo: the same values, bit for bit, as on every pixel."""
+    norm = NormalisationConfig()
+    values = np.random.default_rng(3).random((2, 3, 40, 50), dtype=np.float32) * 1.2 - 0.1
+    values[values < 0.4] = 0.0
+    values[0, 0, :5] = np.nan
+    clipped = np.clip(values, 0.0, 1.0)
+    everywhere = dbz_to_rain(denormalise(clipped, norm), norm.zr_a, norm.zr_b).astype(np.float32)
+    expected = np.where(clipped <= 0.0, np.float32(0.0), everywhere)
+    np.testing.assert_array_equal(to_physical(values, norm, REFLECTIVITY.name), expected)
