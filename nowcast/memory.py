@@ -6,7 +6,7 @@ array its own mapping and returns it to the kernel when freed, and NumPy asks fo
 for it; the next array faults in every page again, zeroed, and where the kernel compacts
 memory for huge pages on a fault (THP defrag=madvise, a common default) that costs more than
 the arithmetic. Measured on the KNMI day's 760 x 696 frames (2 cores, docs/benchmarks.md):
-the kernel's share of scoring's CPU time fell from about half to under 2 %.
+the kernel's share of scoring's CPU time fell from about half to 3 %.
 """
 
 from __future__ import annotations
