@@ -96,14 +96,18 @@ class OpticalFlow:
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         inputs = _check_inputs(inputs, self.min_frames, self.title)
+        batch, _, height, width, _ = inputs.shape
+        forecast = np.empty((batch, self.n_out, height, width, 1), np.float32)
         with warnings.catch_warnings(), ThreadPoolExecutor(_cores()) as pool:
             # With few motion vectors (little echo) pysteps' outlier test is degenerate: NumPy
             # warns about its covariance and pysteps says it skips the test. Nothing to act on.
             warnings.filterwarnings("ignore", "Singular matrix during outlier detection")
             warnings.simplefilter("ignore", RuntimeWarning)
             # Windows on every core: pysteps' NumPy, SciPy and OpenCV release the GIL.
-            forecasts = pool.map(self._window, inputs[..., 0])  # (n_in, H, W) per window
-            return np.stack(list(forecasts)).astype(np.float32)[..., None]
+            windows = pool.map(self._window, inputs[..., 0])  # (n_in, H, W) per window
+            for k, window_forecast in enumerate(windows):
+                forecast[k, ..., 0] = window_forecast
+        return forecast
 
     def _window(self, frames: np.ndarray) -> np.ndarray:
         velocity = self._motion(frames)  # (2, H, W): pixels per frame along x, y

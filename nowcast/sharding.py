@@ -44,7 +44,8 @@ class Shard:
         has in each shard.
         """
         first, end = (n_windows * k // self.count for k in (self.index, self.index + 1))
-        return (np.arange(n_windows) >= first) & (np.arange(n_windows) < end)
+        windows = np.arange(n_windows)
+        return (windows >= first) & (windows < end)
 
 
 def parse_shard(text: str | None) -> Shard | None:
