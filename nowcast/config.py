@@ -57,8 +57,8 @@ class SyntheticConfig:
     """Size and seed of the embedded synthetic radar-echo data set (see nowcast.data.synthetic)."""
 
     frames: int = 2304
-    height: int = 128
-    width: int = 128
+    height: int = 256
+    width: int = 256
     seed: int = 0
     pixel_km: float = 1.0
     minutes_per_frame: int = 5
@@ -142,7 +142,7 @@ class ModelConfig:
     # The network corrects the newest frame moved along the input frames' motion (block
     # matching up to advection_max_speed pixels per frame; nowcast.model.advection).
     advection: bool = False
-    advection_max_speed: int = 6
+    advection_max_speed: int = 8
 
 
 @dataclass

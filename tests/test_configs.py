@@ -194,4 +194,4 @@ def test_typos_and_wrong_types_fail_when_composing(compose_config, override):
 
 def test_synthetic_store_name_follows_its_size(compose_config):
     cfg = compose_config("data.synthetic.height=64", "data.synthetic.width=64")
-    assert cfg.data.path.endswith("synthetic_64x64_f2304_s0.h5")
+    assert cfg.data.path.endswith("synthetic_v2_64x64_f2304_s0.h5")

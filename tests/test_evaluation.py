@@ -275,12 +275,14 @@ def test_a_model_that_copies_its_last_frame_scores_exactly_persistence(
     methods = evaluate(cfg).metrics["methods"]
     for score, values in methods["persistence"]["scores"].items():
         np.testing.assert_allclose(methods["model"]["scores"][score], values, rtol=1e-6)
-    # At 1 mm/h, every lead time (5-15 min here; over an hour on 128x128 frames optical flow
-    # scores 1.5 times persistence's mean CSI).
+    # At 1 mm/h: ahead at every lead time (5-15 min here), by half as much again on the mean.
     flow, persistence = (
         np.asarray(methods[m]["scores"]["csi"])[:, 1] for m in ("optical_flow", "persistence")
     )
-    assert (flow > persistence + 0.03).all(), (flow, persistence)
+    assert (flow > persistence).all() and flow.mean() > 1.5 * persistence.mean(), (
+        flow,
+        persistence,
+    )
 
 
 def test_a_run_saved_before_an_option_existed_loads_with_its_default(

@@ -2,7 +2,8 @@
 
 Modules: `store` (read/write the HDF5 store), `convert` (`nowcast-data convert`: other formats
 into a store, with crop and downsampling), `sources` (what the format readers share), `odim`,
-`knmi`, `sevir` (the readers), `info` (`nowcast-data info`), `synthetic` (the embedded default
+`knmi`, `sevir` (the readers), `info` (`nowcast-data info`), `climate` (rain statistics to set
+stores side by side: scripts/compare_climate.py), `synthetic` (the embedded default
 data set, and `resolve_store`: the store a data config names, the synthetic set written there
 when it is missing), `windows` (pure NumPy window indices and time-block splits), `pipeline` (which
 windows a run uses, and tf.data batches; the only module here that imports TensorFlow).

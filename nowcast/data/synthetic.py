@@ -7,18 +7,23 @@ start on the flanks of old ones, so the last frame (persistence) is a poor forec
 
 What is simulated, on a grid of `pixel_km` and a step of `minutes_per_frame`:
 
-* Wind: a steering flow of 20-60 km/h whose speed and direction drift over hours, plus a
-  divergence-free perturbation of a few km/h from a slowly moving stream function.
+* Wind: a steering flow of 10-85 km/h whose speed and direction drift over hours, plus
+  rotational modes (shear and rotation, 5-15 km/h over 120-500 km) and divergent ones
+  (convergence lines, 3-8 km/h over 80-250 km) that drift over 6-24 h: up to about 100 km/h.
 * Stratiform rain: a smooth random field (spectrally filtered noise of 8-400 km scales,
   anisotropic so bands form) advected semi-Lagrangian with bilinear interpolation and renewed
   over a few hours; rain falls where it exceeds a threshold that follows wet and dry periods of
-  about a day (a fifth to a quarter of the frames are dry), at 0.1-10 mm/h.
-* Convective cells: 5-30 km, cores of roughly 10-110 mm/h, life cycles of 20-60 min (grow,
-  mature, decay), some split in two; new cells start mostly on a flank of a mature cell or in
-  wet areas, more often in the afternoon (local solar time = UTC here) and in wet periods.
+  about a day (about a tenth of the frames are dry), at 0.15-5 mm/h.
+* Convective cells: 5-30 km, cores of roughly 3-80 mm/h (median 10), life cycles of 20-60 min
+  (grow, mature, decay), some split in two; new cells start mostly on a flank of a mature cell
+  or in wet areas, more often in the afternoon (local solar time = UTC here) and in wet periods.
   They move with the local wind plus a small propagation.
 * Small-scale texture: a fast-changing advected field multiplies all rain (log-normal), which
   gives heavy-tailed, ragged rain fields.
+* Climate: the intensities are set so that the set sits between a stratiform and a convective
+  day of real composites rather than in a climate of heavy storms (docs/data.md, "The
+  synthetic set against real radar": >= 10 mm/h on about 0.1-0.2 % of valid pixels, the 99th
+  percentile of wet pixels about 7-8 mm/h).
 * Rain rate -> dBZ with Marshall-Palmer (a=200, b=1.6); under 0.1 mm/h is no echo (the store's
   floor, -32 dBZ); outside a radar coverage disc (radius 0.48 of the smaller side) is no data.
 
@@ -221,18 +226,30 @@ class _Simulator:
 
     # ----- wind ---------------------------------------------------------------------------------
     def _init_wind_modes(self, rng: np.random.Generator) -> None:
-        """Stream-function modes psi_k = s_k/|k| sin(k.x + phase_k(t)) of the wind perturbation.
+        """Modes psi_k = s_k/|k| sin(k.x + phase_k(t)) of the wind's departure from the steering.
 
-        u = dpsi/dy, v = -dpsi/dx (divergence-free, speed amplitude s_k of 3-7 km/h), with
-        wavelengths of 80-250 km, drifting with periods of 6-24 h.
+        Four are rotational (u = dpsi/dy, v = -dpsi/dx: shear and rotation, 5-15 km/h, wavelengths
+        of 120-500 km) and two divergent (the wind along k: convergence lines, 3-8 km/h, 80-250
+        km), all drifting with periods of 6-24 h. Real composites show such shear, rotation and
+        convergence over a few hundred kilometres; a near-uniform wind would flatter any
+        single-vector extrapolation.
         """
-        n_modes = 3
-        wavenumber = 2 * np.pi / rng.uniform(80, 250, size=n_modes)  # rad/km
+        rotational, divergent = 4, 2
+        n_modes = rotational + divergent
+        wavelength = np.concatenate(
+            [rng.uniform(120, 500, rotational), rng.uniform(80, 250, divergent)]
+        )
+        wavenumber = 2 * np.pi / wavelength  # rad/km
         angle = rng.uniform(0, 2 * np.pi, size=n_modes)
         self.mode_kx, self.mode_ky = wavenumber * np.cos(angle), wavenumber * np.sin(angle)
-        speed = rng.uniform(3, 7, size=n_modes) * self.kmh_to_px  # px/frame
-        self.mode_u = speed * np.sin(angle)
-        self.mode_v = -speed * np.cos(angle)
+        speed = (
+            np.concatenate([rng.uniform(5, 15, rotational), rng.uniform(3, 8, divergent)])
+            * self.kmh_to_px
+        )  # px/frame
+        # Across k for the rotational modes, along k for the divergent ones.
+        flow_angle = angle - np.where(np.arange(n_modes) < rotational, np.pi / 2, 0.0)
+        self.mode_u = speed * np.cos(flow_angle)
+        self.mode_v = speed * np.sin(flow_angle)
         self.mode_phase = rng.uniform(0, 2 * np.pi, size=n_modes)
         self.mode_freq = 2 * np.pi / rng.uniform(6, 24, n_modes) * rng.choice([-1, 1], n_modes)
         y_km = np.arange(self.dy) * self.cfg.pixel_km
@@ -242,7 +259,7 @@ class _Simulator:
 
     def _steering(self) -> tuple[float, float]:
         """Steering flow (u along columns, v along rows) in pixels per frame."""
-        speed = float(np.clip(40.0 + 12.0 * self.speed(self.hours), 20.0, 60.0))  # km/h
+        speed = float(np.clip(40.0 + 20.0 * self.speed(self.hours), 10.0, 85.0))  # km/h
         direction = self.direction0 + 1.2 * self.direction(self.hours)
         return (
             speed * np.cos(direction) * self.kmh_to_px,
@@ -308,8 +325,8 @@ class _Simulator:
     def _initiate(self) -> None:
         rng, cfg, cells = self.rng, self.cfg, self.cells
         area = self.dy * self.dx * cfg.pixel_km**2 / 1e4  # units of 10^4 km^2
-        # ~2.5 new cells per 10^4 km^2 per hour on a typical afternoon.
-        count = rng.poisson(2.5 * area * self.hours_per_frame * self._activity())
+        # ~2 new cells per 10^4 km^2 per hour on a typical afternoon.
+        count = rng.poisson(2.0 * area * self.hours_per_frame * self._activity())
         if count == 0:
             return
         mature = np.flatnonzero((cells.age > 0.25 * cells.life) & (cells.age < 0.8 * cells.life))
@@ -347,7 +364,7 @@ class _Simulator:
         cfg = self.cfg
         visible = self.state[:, self.visible].reshape(4, cfg.height, cfg.width)
         excess = self.stratiform.combine(visible) - self._threshold()
-        rain = np.where(excess > 0, 0.15 * np.exp(1.6 * np.minimum(excess, 2.5)), 0.0)
+        rain = np.where(excess > 0, 0.15 * np.exp(1.4 * np.minimum(excess, 2.5)), 0.0)
         rain += self.cells.render(self.margin, cfg.height, cfg.width, self.dy, self.dx)
         sigma = 0.5
         rain *= np.exp(sigma * self.texture.combine(visible) - sigma**2 / 2)
@@ -413,7 +430,7 @@ class _Cells:
                 "y": y,
                 "age": np.zeros(n),
                 "life": rng.uniform(20, 60, n) / cfg.minutes_per_frame,
-                "amp": np.clip(22.0 * np.exp(0.55 * rng.standard_normal(n)), 6.0, 110.0),
+                "amp": np.clip(10.0 * np.exp(0.6 * rng.standard_normal(n)), 3.0, 80.0),
                 "core": core_km / cfg.pixel_km,
                 "envelope": core_km * rng.uniform(2.0, 3.5, n) / cfg.pixel_km,
                 "env_ratio": rng.uniform(0.05, 0.15, n),

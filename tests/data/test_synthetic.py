@@ -58,10 +58,12 @@ def test_rain_rates_are_realistic(day):
     wet = covered[covered >= 0.1]
     assert 0.03 < wet.size / covered.size < 0.7
     assert 0.2 < np.median(wet) < 2.0  # heavy tail: median well below the mean
-    assert np.median(wet) < 0.5 * wet.mean()
-    assert 2.0 < np.percentile(wet, 99) < 40.0
-    assert 50.0 < covered.max() <= 150.0
-    assert np.mean(covered >= 10.0) < 0.03
+    assert np.median(wet) < 0.6 * wet.mean()
+    # Between the real days of docs/data.md (a stratiform and a convective one), not a climate
+    # of heavy storms: >= 10 mm/h on 0.01-0.2 % of valid pixels, wet 99th percentile 4.5-11.5.
+    assert 3.0 < np.percentile(wet, 99) < 15.0
+    assert 20.0 < covered.max() <= 150.0
+    assert 1e-4 < np.mean(covered >= 10.0) < 5e-3
     per_frame = np.nanmean(rain >= 0.1, axis=(1, 2))
     assert per_frame.min() < 0.05 < 0.3 < per_frame.max()  # dry and wet spells
 

@@ -77,7 +77,7 @@ def test_with_advection_a_silent_network_forecasts_the_extrapolation():
     model(frames)
     model.output_conv.set_weights([np.zeros_like(w) for w in model.output_conv.get_weights()])
     forecast = keras.ops.convert_to_numpy(model(frames))
-    motion = estimate_motion(frames, max_speed=6)
+    motion = estimate_motion(frames, max_speed=model.advection_max_speed)
     expected = keras.ops.convert_to_numpy(advect(frames[:, -1], motion, 4))
     np.testing.assert_allclose(forecast, expected, atol=1e-6)
     # Away from the edges, a small fraction of persistence's error.
