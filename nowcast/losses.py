@@ -39,34 +39,21 @@ def rain_rate_weights(observation, thresholds: Sequence[float], weights: Sequenc
     return weight
 
 
-# With a climatology, a forecast more than this many sigmoid widths below a threshold is a clean
-# no: the sigmoid's far tail, summed over every light-rain pixel, would otherwise make a
-# threshold that a batch never reaches push all rain down.
+# A forecast more than this many sigmoid widths below a threshold is a clean no. Summed over
+# every light-rain pixel, the sigmoid's far tail made a threshold that a batch never reaches
+# (10 or 30 mm/h in stratiform rain) the cheapest term to lower, by lowering all rain: the
+# network learnt to erase rain (docs/skill.md, "Fine-tuning on a few hours of your own radar").
 TAIL_WIDTHS = 3.0
 
 
-def soft_csi_loss(
-    observation,
-    forecast,
-    valid,
-    thresholds: Sequence[float],
-    width: float,
-    climatology: Sequence[float] | None = None,
-):
+def soft_csi_loss(observation, forecast, valid, thresholds: Sequence[float], width: float):
     """1 - CSI at each threshold, from soft counts over the batch, per lead time.
 
-    A forecast pixel counts as `sigmoid((forecast - threshold) / width)` of a yes, so hits,
-    misses and false alarms are differentiable; they are summed over the batch and the frame
-    before the ratio, as the verification sums contingency counts over windows.
-
-    The ratio is (hits + a) / (hits + misses + false alarms + a). Without a climatology a = 1:
-    one pixel's worth keeps a lead time with no rain at 0. With one, a is the number of pixels
-    the training data's climate puts at or above the threshold in this many valid pixels (at
-    least one per frame): pseudo-counts of an average batch. A batch that never reaches a
-    threshold then penalises a false alarm there about as much as an average batch does,
-    instead of far more (one pixel's worth against a handful of tails made the network erase
-    the rain of dry or stratiform batches), and a batch full of heavy rain scores much as
-    the plain CSI does.
+    A forecast pixel counts as `sigmoid((forecast - threshold) / width)` of a yes, or as a
+    clean no more than `TAIL_WIDTHS` widths below the threshold, so hits, misses and false
+    alarms are differentiable; they are summed over the batch and the frame before the ratio,
+    as the verification sums contingency counts over windows. One pixel's worth in the
+    numerator and denominator keeps a lead time with no rain at 0.
 
     Args:
         observation: observed values on the normalised scale (batch, time, ...), 0 where no data.
@@ -74,8 +61,6 @@ def soft_csi_loss(
         valid: 1.0 where the observation has data, else 0.0, same shape.
         thresholds: thresholds on the same scale.
         width: the sigmoid's width on the same scale.
-        climatology: per threshold, the share of valid training pixels at or above it
-            (nowcast.data.pipeline.threshold_climatology); None for a = 1 and the whole sigmoid.
 
     Returns:
         (time,) the mean over thresholds of 1 - soft CSI; a rank-2 input is one lead time.
@@ -85,20 +70,14 @@ def soft_csi_loss(
             ops.expand_dims(x, 1) for x in (observation, forecast, valid)
         )
     axes = (0, *range(2, len(observation.shape)))  # all but time
-    if climatology is not None:
-        pixels = ops.sum(valid, axis=axes)
-        frames = ops.sum(ops.max(valid, axis=tuple(range(2, len(valid.shape)))), axis=0)
     losses = []
-    for k, threshold in enumerate(thresholds):
-        near = valid > 0
-        if climatology is not None:
-            near = near & (forecast > threshold - TAIL_WIDTHS * width)
-        yes = ops.where(near, ops.sigmoid((forecast - threshold) / width), 0.0)
+    for threshold in thresholds:
+        counted = (valid > 0) & (forecast > threshold - TAIL_WIDTHS * width)
+        yes = ops.where(counted, ops.sigmoid((forecast - threshold) / width), 0.0)
         observed = ops.cast(observation >= threshold, forecast.dtype) * valid
         hits = ops.sum(yes * observed, axis=axes)
         union = ops.sum(yes, axis=axes) + ops.sum(observed, axis=axes) - hits
-        prior = 1.0 if climatology is None else ops.maximum(climatology[k] * pixels, frames)
-        losses.append(1.0 - (hits + prior) / (union + prior))
+        losses.append(1.0 - (hits + 1.0) / (union + 1.0))
     return ops.mean(ops.stack(losses), axis=0)
 
 
@@ -118,8 +97,6 @@ class PixelLoss(keras.losses.Loss):
         csi_width: the soft CSI's sigmoid width on the normalised scale.
         csi_thresholds: the soft CSI's thresholds on the normalised scale; None takes
             `thresholds` (as models saved before this argument did).
-        csi_climatology: per soft-CSI threshold, the share of valid training pixels at or
-            above it (see `soft_csi_loss`); None, as models saved before it: pseudo-count 1.
 
     Call arguments:
         y_true: observations (batch, time, height, width, channels), NaN where no data.
@@ -136,7 +113,6 @@ class PixelLoss(keras.losses.Loss):
         lead_decay: float = 1.0,
         csi_width: float = 2.0 / 70.0,
         csi_thresholds: Sequence[float] | None = None,
-        csi_climatology: Sequence[float] | None = None,
         name: str = "pixel_loss",
         **kwargs,
     ):
@@ -171,14 +147,6 @@ class PixelLoss(keras.losses.Loss):
         self.lead_decay = float(lead_decay)
         self.csi_width = float(csi_width)
         self.csi_thresholds = [float(t) for t in csi_thresholds]
-        if csi_climatology is not None and len(csi_climatology) != len(self.csi_thresholds):
-            raise ValueError(
-                "expected one climatological share per soft-CSI threshold. Received: "
-                f"csi_thresholds={self.csi_thresholds}, csi_climatology={list(csi_climatology)}"
-            )
-        self.csi_climatology = (
-            None if csi_climatology is None else [float(share) for share in csi_climatology]
-        )
 
     def _lead_weights(self, steps: int) -> list[float]:
         """One weight per lead time, lead_decay**k scaled to a mean of 1."""
@@ -207,12 +175,7 @@ class PixelLoss(keras.losses.Loss):
         per_sample = ops.sum(total, axis=axes) / ops.maximum(ops.sum(mask, axis=axes), 1.0)
         if SOFT_CSI in self.terms:
             per_lead = soft_csi_loss(
-                observation,
-                y_pred,
-                mask,
-                self.csi_thresholds,
-                self.csi_width,
-                self.csi_climatology,
+                observation, y_pred, mask, self.csi_thresholds, self.csi_width
             )
             leads = per_lead.shape[0]
             weights = ops.array(self._lead_weights(leads), per_lead.dtype)
@@ -228,18 +191,12 @@ class PixelLoss(keras.losses.Loss):
             "lead_decay": self.lead_decay,
             "csi_width": self.csi_width,
             "csi_thresholds": self.csi_thresholds,
-            "csi_climatology": self.csi_climatology,
         }
 
 
-def make_loss(
-    loss_cfg: LossConfig,
-    norm: NormalisationConfig,
-    climatology: Sequence[float] | None = None,
-) -> PixelLoss:
+def make_loss(loss_cfg: LossConfig, norm: NormalisationConfig) -> PixelLoss:
     """The configured loss, with its rain-rate thresholds (mm/h) and soft-CSI width (dBZ) put on
-    the model's scale; `climatology`: the soft CSI's (see `soft_csi_loss`), one share per
-    `loss.soft_csi_thresholds_mmh`."""
+    the model's scale."""
     thresholds = [rain_threshold_to_normalised(t, norm) for t in loss_cfg.thresholds_mmh]
     csi_thresholds = [
         rain_threshold_to_normalised(t, norm) for t in loss_cfg.soft_csi_thresholds_mmh
@@ -252,5 +209,4 @@ def make_loss(
         loss_cfg.lead_decay,
         csi_width=width,
         csi_thresholds=csi_thresholds,
-        csi_climatology=climatology,
     )

@@ -62,12 +62,7 @@ from nowcast.checkpoints import (
     resolve_checkpoint,
 )
 from nowcast.config import TrainConfig, read_saved_config
-from nowcast.data.pipeline import (
-    WindowReader,
-    input_batches,
-    select_windows,
-    threshold_climatology,
-)
+from nowcast.data.pipeline import WindowReader, input_batches, select_windows
 from nowcast.data.store import Store, open_store
 from nowcast.data.synthetic import resolve_store
 from nowcast.distribute import (
@@ -84,7 +79,7 @@ from nowcast.io import (
     write_text_atomically,
     written_atomically,
 )
-from nowcast.losses import SOFT_CSI, make_loss
+from nowcast.losses import make_loss
 from nowcast.model import build_model, frame_multiple
 
 log = logging.getLogger(__name__)
@@ -457,18 +452,6 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
         check_patch_size(data_cfg.patch_size, cfg.model, (height, width))
         selection = select_windows(store, data_cfg)
         splits = selection.starts
-        if SOFT_CSI in cfg.loss.terms:
-            climatology = threshold_climatology(
-                store, splits["train"], data_cfg, list(cfg.loss.soft_csi_thresholds_mmh)
-            )
-            loss = make_loss(cfg.loss, data_cfg.normalisation, climatology)
-            log.info(
-                "Soft CSI pseudo-counts from the training windows' climate: %s",
-                ", ".join(
-                    f">= {t:g} mm/h {share:.3%}"
-                    for t, share in zip(cfg.loss.soft_csi_thresholds_mmh, climatology, strict=True)
-                ),
-            )
         write_split(run_dir / "split.json", store, splits)
     write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     _truncate_metrics(run_dir / "metrics.csv", state.epoch)

@@ -28,7 +28,7 @@ from nowcast.data.windows import (
     split_windows,
     window_means,
 )
-from nowcast.units import normalise, rain_to_dbz
+from nowcast.units import normalise
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -182,24 +182,6 @@ def select_windows(store: Store, data_cfg: DataConfig) -> WindowSelection:
                 "or a lower data.min_wet_fraction"
             )
     return WindowSelection(starts=splits, train_weights=train_weights)
-
-
-def threshold_climatology(
-    store: Store, starts: np.ndarray, data_cfg: DataConfig, thresholds_mmh: list[float]
-) -> list[float]:
-    """Per rain-rate threshold, the share of valid pixels at or above it in the target frames
-    of the windows at `starts`: the climate the soft CSI's pseudo-counts come from
-    (nowcast.losses.soft_csi_loss). From the store's per-frame histogram, so no frame is read.
-    """
-    first = np.asarray(starts, np.int64)[:, None] + data_cfg.n_in
-    frames = np.unique(first + np.arange(data_cfg.n_out))
-    valid = store.valid_fraction[frames]
-    total = max(float(valid.sum()), np.finfo(np.float64).tiny)
-    norm = data_cfg.normalisation
-    return [
-        float(store.wet_fraction(rain_to_dbz(t, norm.zr_a, norm.zr_b))[frames] @ valid / total)
-        for t in thresholds_mmh
-    ]
 
 
 def _check_starts(starts: np.ndarray, window_length: int, n_frames: int) -> None:

@@ -7,15 +7,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from nowcast.config import DataConfig, NormalisationConfig
-from nowcast.data.pipeline import (
-    WindowReader,
-    make_dataset,
-    select_windows,
-    threshold_climatology,
-    valid_windows,
-)
+from nowcast.data.pipeline import WindowReader, make_dataset, select_windows, valid_windows
 from nowcast.data.store import Store, write_store
-from nowcast.units import normalise, rain_to_dbz
+from nowcast.units import normalise
 
 N_IN, N_OUT, H, W = 3, 2, 16, 12
 NORM = NormalisationConfig(dbz_min=0.0, dbz_max=70.0)
@@ -334,21 +328,3 @@ def test_valid_fraction_of_the_grid_or_of_the_radars_coverage(composite_store):
     assert 18 in expected and 19 not in expected and 28 in expected
     with pytest.raises(ValueError, match="valid_fraction_of must be grid or coverage"):
         valid_windows(composite_store, _data_config(composite_store.path, valid_fraction_of="x"))
-
-
-def test_threshold_climatology_counts_valid_pixels_of_the_target_frames_only(store_path):
-    data_cfg = OmegaConf.structured(
-        DataConfig(name="s", path=str(store_path), n_in=N_IN, n_out=N_OUT)
-    )
-    starts = np.array([0, 10])  # targets: frames 3-4 and 13-14
-    thresholds = [1.0, 10.0]
-    with Store(store_path) as store:
-        shares = threshold_climatology(store, starts, data_cfg, thresholds)
-    # Counted from the frames themselves, as the store holds them (0.5 dBZ steps).
-    with Store(store_path) as store:
-        frames = np.concatenate([store.read(3, 5), store.read(13, 15)])
-    valid = frames[np.isfinite(frames)]
-    norm = data_cfg.normalisation
-    expected = [np.mean(valid >= rain_to_dbz(t, norm.zr_a, norm.zr_b)) for t in thresholds]
-    np.testing.assert_allclose(shares, expected, rtol=1e-9)
-    assert 0 < shares[1] < shares[0] < 1
