@@ -96,7 +96,7 @@ class EncoderForecaster(keras.Model):
             above); needs at least two input frames, even frame sides and out_channels equal
             to the input channels.
         advection_max_speed: The fastest motion the extrapolation finds, in pixels per frame
-            (6: 72 km/h on a 1-km, 5-minute grid).
+            (8: 96 km/h on a 1-km, 5-minute grid).
         **kwargs: Base `keras.Model` arguments (name, dtype, ...).
 
     Call arguments:
