@@ -395,6 +395,9 @@ class PredictConfig:
     forecast file (null: nowcast_<issue time>.h5 in the current directory). `plot`: also
     draw the forecast beside it, gif or mp4 (an animation, plus a still) or png. The model's
     grid and time step come from `reference_store` (null: the store the run was trained on).
+    `max_rain_mmh` and `min_quality` mask clutter as `nowcast-data convert` does (pixels above
+    that rain rate, or ODIM pixels of lower QIND quality, are no data): give the ones the
+    training store was converted with, which the store does not record.
     """
 
     run: str = MISSING
@@ -408,6 +411,8 @@ class PredictConfig:
     max_lead_times: int = 6
     fps: float = 2.0
     overwrite: bool = False
+    max_rain_mmh: float | None = None
+    min_quality: float | None = None
 
 
 def _value_or(key: str, default: object, *, _root_: DictConfig) -> object:

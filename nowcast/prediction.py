@@ -41,7 +41,15 @@ import numpy as np
 from omegaconf import DictConfig
 
 from nowcast.checkpoints import load_checkpoint, load_run_config, resolve_checkpoint
-from nowcast.data.convert import FORMATS, ordered_frames, regrid_like, regridded, source_grid
+from nowcast.data.convert import (
+    FORMATS,
+    cap_dbz,
+    ordered_frames,
+    read_capped,
+    regrid_like,
+    regridded,
+    source_grid,
+)
 from nowcast.data.sources import SourceError, SourceFrame, find_inputs, iso, open_hdf5
 from nowcast.data.store import REFLECTIVITY, VIL, open_store
 from nowcast.evaluation import to_physical
@@ -303,7 +311,10 @@ def read_latest_frames(
     """The newest `count` frames of `source.input`, checked and put on a grid the model takes.
 
     Args:
-        source: input (a file, folder or glob), quantity (of ODIM/KNMI files, or None).
+        source: input (a file, folder or glob), quantity (of ODIM/KNMI files, or None), and
+            the clutter masks of `nowcast-data convert`: max_rain_mmh (pixels above that rain
+            rate are no data) and min_quality (ODIM pixels of lower QIND are no data), each
+            None for none.
         grid: the model's grid and time step.
         count: how many frames the model takes (its n_in).
         fmt: the input's format (odim, knmi, sevir, store), or None to recognise it.
@@ -318,7 +329,13 @@ def read_latest_frames(
     fmt = fmt or detect_format(find_inputs(source.input)[-1])
     a, b = grid.zr
     scan = SimpleNamespace(
-        format=fmt, input=source.input, quantity=source.quantity, catalog=None, zr_a=a, zr_b=b
+        format=fmt,
+        input=source.input,
+        quantity=source.quantity,
+        catalog=None,
+        zr_a=a,
+        zr_b=b,
+        min_quality=source.min_quality,
     )
     step_s = round(grid.minutes_per_frame * 60)
     frames, times = ordered_frames(scan, step_s)
@@ -366,9 +383,10 @@ def read_latest_frames(
                 f"{frame.label} is on another grid than the newest frame, {frames[-1].label}: "
                 f"{'; '.join(differences[:3])}; pass frames of one grid"
             )
+    cap = cap_dbz(source.max_rain_mmh, frames[-1].quantity, a, b)
     values = []
     for frame, placement in zip(frames, placements, strict=True):
-        frame_values = frame.read()
+        frame_values = read_capped(frame, cap)
         values.append(frame_values if placement.regrid is None else placement.regrid(frame_values))
     stacked = np.stack(values).astype(np.float32)
     if np.isnan(stacked[-1]).all():

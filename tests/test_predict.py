@@ -161,6 +161,29 @@ def test_forecast_from_radar_files_on_the_source_grid(odim, odim_run, newest_fil
     np.testing.assert_allclose(from_store.forecast, forecast, rtol=1e-5, atol=1e-6)
 
 
+def test_clutter_is_masked_as_convert_masks_it(odim_run, newest_files, tmp_path):
+    # Sea clutter of 70 dBZ (about 1,200 mm/h) in the newest file, inside radar coverage.
+    newest = sorted(newest_files.iterdir())[-1]
+    with h5py.File(newest, "r+") as f:
+        data = f["dataset1/data1/data"]
+        raw = data[...]
+        raw[30:34, 30:34] = (70.0 + 32.0) / 0.5
+        data[...] = raw
+    kept, masked = (
+        predict(
+            predict_config(
+                f"run={odim_run}", f"input={newest_files}", f"output={tmp_path / name}", *extra
+            )
+        ).forecast
+        for name, extra in (("kept.h5", ()), ("masked.h5", ("max_rain_mmh=150",)))
+    )
+    clutter = np.zeros(kept.shape[1:], bool)
+    clutter[15:17, 15:17] = True  # the model's grid is the ODIM grid downsampled by 2
+    assert np.isfinite(kept[:, clutter]).all()
+    assert np.isnan(masked[:, clutter]).all()
+    np.testing.assert_array_equal(np.isnan(masked[:, ~clutter]), np.isnan(kept[:, ~clutter]))
+
+
 def test_forecast_on_another_grid_of_the_models_pixel_size(odim, odim_run, tmp_path):
     frames_dbz = write_other_grid(odim, tmp_path / "feed")
     output = tmp_path / "forecast.h5"
@@ -323,6 +346,10 @@ def test_bad_requests_are_one_line_and_write_nothing(
     assert "need ffmpeg, which was not found" in line and "format=gif" in line
     line = fails_with_one_line(lambda: predict(predict_config(*base, "plot=avi")), capsys)
     assert "unknown plot, allowed: gif, mp4, png" in line
+    line = fails_with_one_line(lambda: predict(predict_config(*base, "max_rain_mmh=0")), capsys)
+    assert "max_rain_mmh must be > 0" in line
+    line = fails_with_one_line(lambda: predict(predict_config(*base, "min_quality=2")), capsys)
+    assert "min_quality is a QIND quality index from 0 to 1" in line
 
     too_few = tmp_path / "two"
     too_few.mkdir()

@@ -309,7 +309,7 @@ def regrid(
     return averaged
 
 
-def _cap_dbz(max_rain_mmh: float | None, quantity: str, zr_a: float, zr_b: float) -> float:
+def cap_dbz(max_rain_mmh: float | None, quantity: str, zr_a: float, zr_b: float) -> float:
     """`max_rain_mmh` in the store's dBZ (+inf: no cap), checked."""
     if max_rain_mmh is None:
         return np.inf
@@ -334,15 +334,15 @@ def _log_choices(frames: list[SourceFrame]) -> None:
         log.info("read %s of %s%s; pass quantity= to read another", choice, labels[0], more)
 
 
-def _read(frame: SourceFrame, cap_dbz: float) -> np.ndarray:
-    """The frame's values, with those above `cap_dbz` as no data (NaN)."""
+def read_capped(frame: SourceFrame, cap: float) -> np.ndarray:
+    """The frame's values, with those above `cap` (dBZ, see `cap_dbz`) as no data (NaN)."""
     try:
         values = frame.read()
     except (OSError, RuntimeError, KeyError) as err:
         raise SourceError(f"{frame.label}: the data could not be read ({err})") from None
     if values.shape != frame.shape:
         raise SourceError(f"{frame.label}: data of shape {values.shape}, expected {frame.shape}")
-    return np.where(values > cap_dbz, np.float32(np.nan), values)
+    return np.where(values > cap, np.float32(np.nan), values)
 
 
 def convert(cfg: ConvertCommandConfig) -> ConvertResult:
@@ -372,7 +372,7 @@ def convert(cfg: ConvertCommandConfig) -> ConvertResult:
         raise SourceError(f"no frames found in {inputs[0]}")
     # Check the crop against the first file's grid before reading the times of all the others.
     top, left, height, width = _crop_window(frames[0].shape, cfg.crop, cfg.downsample)
-    cap_dbz = _cap_dbz(cfg.max_rain_mmh, frames[0].quantity, cfg.zr_a, cfg.zr_b)
+    cap = cap_dbz(cfg.max_rain_mmh, frames[0].quantity, cfg.zr_a, cfg.zr_b)
     frames += [frame for path in inputs[1:] for frame in scan(path)]
     _check_consistent(frames)
     _log_choices(frames)
@@ -414,7 +414,7 @@ def convert(cfg: ConvertCommandConfig) -> ConvertResult:
         progress_every = max(len(frames) // 10, _BLOCK_FRAMES)
         for start in range(0, len(frames), _BLOCK_FRAMES):
             stop = min(start + _BLOCK_FRAMES, len(frames))
-            block = np.stack([crop(_read(frame, cap_dbz)) for frame in frames[start:stop]])
+            block = np.stack([crop(read_capped(frame, cap)) for frame in frames[start:stop]])
             valid_pixels += int(np.count_nonzero(~np.isnan(block)))
             events = None if event_ids is None else event_ids[start:stop]
             writer.append(block, times[start:stop], events)
@@ -439,13 +439,13 @@ def ordered_frames(cfg: Any, step_s: int) -> tuple[list[SourceFrame], np.ndarray
     """The frames of `cfg.input` in store order, with their times (s), as `convert` orders them.
 
     Used by `nowcast-predict` to find the newest frames. `cfg` holds format, input, quantity,
-    catalog, zr_a, zr_b as for convert; times are snapped to `step_s` (except in SEVIR events)
-    and duplicates skipped. No pixel is read.
+    catalog, zr_a, zr_b and min_quality as for convert; times are snapped to `step_s` (except
+    in SEVIR events) and duplicates skipped. No pixel is read.
 
     Raises:
         FileNotFoundError: no input. SourceError: a file that cannot be read, or no frames.
     """
-    scan = _scanner(cfg)
+    scan = _scanner(cfg, min_quality=cfg.min_quality)
     frames = [frame for path in find_inputs(cfg.input) for frame in scan(path)]
     if not frames:
         raise SourceError(f"no frames found in {cfg.input}")
