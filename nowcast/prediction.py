@@ -48,6 +48,7 @@ from nowcast.data.convert import (
     read_capped,
     regrid_like,
     regridded,
+    same_grid_value,
     source_grid,
 )
 from nowcast.data.sources import SourceError, SourceFrame, find_inputs, iso, open_hdf5
@@ -160,14 +161,7 @@ def _grid_differences(
     shared = found.keys() & expected.keys()
     for key in [k for k in first if k in shared] + sorted(shared - set(first)):
         a, b = found[key], expected[key]
-        if isinstance(a, str) or isinstance(b, str):
-            same = a == b
-        else:
-            a_values, b_values = np.asarray(a, np.float64), np.asarray(b, np.float64)
-            same = a_values.shape == b_values.shape and np.allclose(
-                a_values, b_values, rtol=1e-6, atol=0.0
-            )
-        if not same:
+        if not same_grid_value(a, b, rtol=1e-6):
             differences.append(f"{key}={a!r} ({whose}: {b!r})")
     return differences
 

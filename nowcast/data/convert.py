@@ -120,11 +120,13 @@ def _scanner(cfg: Any, *, min_quality: float | None = None) -> Callable[[Path], 
     return _scan_store
 
 
-def _same_grid(a: Any, b: Any) -> bool:
+def same_grid_value(a: Any, b: Any, rtol: float = 1e-9) -> bool:
+    """Whether two values of one grid attribute agree: strings exactly, numbers and arrays of
+    one shape to `rtol`."""
     if isinstance(a, str) or isinstance(b, str):
         return a == b
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return a.shape == b.shape and np.allclose(a, b, rtol=1e-9, atol=0.0)
+    return a.shape == b.shape and np.allclose(a, b, rtol=rtol, atol=0.0)
 
 
 def _check_consistent(frames: list[SourceFrame]) -> None:
@@ -151,7 +153,7 @@ def _check_consistent(frames: list[SourceFrame]) -> None:
                     f"{frame.label}: grid attribute {key} is in only one of this file and "
                     f"{first.label}; convert files of one grid at a time"
                 )
-            if not _same_grid(frame.grid[key], first.grid[key]):
+            if not same_grid_value(frame.grid[key], first.grid[key]):
                 raise SourceError(
                     f"{frame.label}: grid {key}={frame.grid[key]!r} differs from "
                     f"{first.grid[key]!r} in {first.label}; convert files of one grid at a time"
