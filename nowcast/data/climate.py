@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nowcast.data.info import MARSHALL_PALMER
+from nowcast.data.info import MARSHALL_PALMER, histogram_quantiles, value_totals
 from nowcast.data.store import REFLECTIVITY, Store
 from nowcast.data.windows import make_windows
 from nowcast.units import dbz_to_rain, rain_to_dbz
@@ -221,10 +221,7 @@ def _intensities(
 ) -> tuple[float, dict[float, float], dict[float, float]]:
     """Valid share, wet shares and wet-pixel rain percentiles, from the store's histograms."""
     values = store.raw_values  # (256,) dBZ of each raw value, NaN for no data
-    totals = sum(
-        (block.sum(axis=0, dtype=np.int64) for block in store.histogram_blocks()),
-        np.zeros(values.size, np.int64),
-    )
+    totals = value_totals(store)
     valid = ~np.isnan(values)
     covered = int(totals[valid].sum())
     valid_share = covered / max(int(totals.sum()), 1)
@@ -241,11 +238,9 @@ def _intensities(
     if not totals[wet].any():
         return valid_share, wet_shares, dict.fromkeys(RAIN_PERCENTILES, math.nan)
     order = np.argsort(values[wet])
-    wet_dbz, wet_counts = values[wet][order], totals[wet][order]
-    cumulative = np.cumsum(wet_counts) / wet_counts.sum()
-    # The smallest value with at least q of the wet pixels at or below it.
-    first = np.searchsorted(cumulative, np.asarray(RAIN_PERCENTILES) / 100.0)
-    rates = dbz_to_rain(wet_dbz[np.minimum(first, wet_dbz.size - 1)], *zr)
+    levels = tuple(q / 100.0 for q in RAIN_PERCENTILES)
+    quantiles_dbz = histogram_quantiles(totals[wet][order], values[wet][order], levels)
+    rates = dbz_to_rain(np.asarray(quantiles_dbz), *zr)
     return valid_share, wet_shares, dict(zip(RAIN_PERCENTILES, map(float, rates), strict=True))
 
 

@@ -41,10 +41,23 @@ def _time_lines(store: Store) -> list[str]:
     return [line]
 
 
-def _quantiles(counts: np.ndarray, values: np.ndarray, levels: tuple[float, ...]) -> list[float]:
-    """Quantiles of a histogram of `values` (increasing) with `counts` per value."""
+def value_totals(store: Store) -> np.ndarray:
+    """(256,) int64: how many pixels of the whole store hold each raw value (`store.raw_values`),
+    from its per-frame histograms, so that no frame is read."""
+    return sum(
+        (block.sum(axis=0, dtype=np.int64) for block in store.histogram_blocks()),
+        np.zeros(store.raw_values.size, np.int64),
+    )
+
+
+def histogram_quantiles(
+    counts: np.ndarray, values: np.ndarray, levels: tuple[float, ...]
+) -> list[float]:
+    """Quantiles of a histogram of `values` (increasing) with `counts` per value: for each
+    level q, the smallest value with at least q of the counts at or below it."""
     cumulative = np.cumsum(counts) / counts.sum()
-    return [float(values[np.searchsorted(cumulative, q)]) for q in levels]
+    first = np.minimum(np.searchsorted(cumulative, levels), values.size - 1)
+    return [float(values[i]) for i in first]
 
 
 def _statistics(store: Store, totals: np.ndarray) -> list[str]:
@@ -82,7 +95,7 @@ def _statistics(store: Store, totals: np.ndarray) -> list[str]:
     if totals[wet].sum():
         order = np.argsort(values[wet])
         wet_values = values[wet][order]
-        median, p99 = _quantiles(totals[wet][order], wet_values, (0.5, 0.99))
+        median, p99 = histogram_quantiles(totals[wet][order], wet_values, (0.5, 0.99))
         peak = wet_values[totals[wet][order] > 0].max()
         lines.append(
             f"wet pixels ({wet_label}): median {float(physical(median)):.2f}, 99th percentile "
@@ -110,10 +123,7 @@ def describe_store(path: str | os.PathLike) -> str:
     scale = ""
     if "xscale" in grid and "yscale" in grid:
         scale = f" of {float(grid['xscale']) / 1000:g} x {float(grid['yscale']) / 1000:g} km"
-    totals = sum(
-        (block.sum(axis=0, dtype=np.int64) for block in store.histogram_blocks()),
-        np.zeros(values.size, np.int64),
-    )
+    totals = value_totals(store)
     coverage = totals[~np.isnan(values)].sum() / max(totals.sum(), 1)
     rows = [
         ("store", f"{path} ({path.stat().st_size / 1e6:.1f} MB)"),

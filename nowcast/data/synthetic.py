@@ -22,8 +22,8 @@ What is simulated, on a grid of `pixel_km` and a step of `minutes_per_frame`:
   gives heavy-tailed, ragged rain fields.
 * Climate: the intensities are set so that the set sits between a stratiform and a convective
   day of real composites rather than in a climate of heavy storms (docs/data.md, "The
-  synthetic set against real radar": >= 10 mm/h on about 0.1-0.2 % of valid pixels, the 99th
-  percentile of wet pixels about 7-8 mm/h).
+  synthetic set against real radar": >= 10 mm/h on about 0.2 % of valid pixels, the 99th
+  percentile of wet pixels about 9 mm/h).
 * Rain rate -> dBZ with Marshall-Palmer (a=200, b=1.6); under 0.1 mm/h is no echo (the store's
   floor, -32 dBZ); outside a radar coverage disc (radius 0.48 of the smaller side) is no data.
 
