@@ -129,11 +129,6 @@ def choose_precision(precision: str, *, flags: Iterable[str] | None = None) -> t
     return "mixed_bfloat16", f"auto on a CPU with native bfloat16 ({', '.join(native)})"
 
 
-def resolve_precision(precision: str, *, flags: Iterable[str] | None = None) -> str:
-    """The Keras dtype policy for `trainer.precision` (see `choose_precision`)."""
-    return choose_precision(precision, flags=flags)[0]
-
-
 def resolve_jit_compile(jit_compile: str | bool) -> str | bool:
     """`trainer.jit_compile` as Keras's `compile(jit_compile=...)` takes it.
 

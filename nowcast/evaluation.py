@@ -790,8 +790,8 @@ def merge_shards(cfg: DictConfig) -> EvaluationResult:
 def evaluate(cfg: DictConfig) -> EvaluationResult:
     """Score a run's checkpoint and the baselines on one split; see the module docstring.
 
-    With `shard=i/n`, only the runs of consecutive windows whose id modulo n is i are scored,
-    and their raw totals written to `<shards_dir>/shard-<i>-of-<n>/shard.json`; with
+    With `shard=i/n`, only the i-th of n equal stretches of the windows, in store order, is
+    scored, and its raw totals written to `<shards_dir>/shard-<i>-of-<n>/shard.json`; with
     `merge=true`, nothing is scored and the shards are merged (`merge_shards`).
 
     Args:

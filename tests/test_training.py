@@ -26,7 +26,6 @@ from nowcast.distribute import (
     distribute_windows,
     make_strategy,
     resolve_jit_compile,
-    resolve_precision,
 )
 from nowcast.training import evenly_spaced, make_optimizer, resume_config, train, window_order
 
@@ -445,10 +444,10 @@ def test_each_worker_reads_its_part_of_every_global_batch_at_its_place_in_the_ru
 def test_auto_precision_follows_the_gpus_found(monkeypatch, capabilities, expected):
     monkeypatch.setattr(distribute, "_gpu_compute_capabilities", lambda: capabilities)
     # flags=(): without GPUs, a CPU without native bfloat16.
-    assert resolve_precision("auto", flags=()) == expected
+    assert choose_precision("auto", flags=())[0] == expected
     if capabilities:  # with GPUs, the CPU's flags do not count
-        assert resolve_precision("auto", flags={"avx512_bf16"}) == expected
-    assert resolve_precision("float32") == "float32"
+        assert choose_precision("auto", flags={"avx512_bf16"})[0] == expected
+    assert choose_precision("float32")[0] == "float32"
 
 
 @pytest.mark.parametrize(
@@ -495,17 +494,17 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path, monkeypatch):
     monkeypatch.setattr(distribute, "cpu_flags", lambda: frozenset({"amx_bf16"}))
     monkeypatch.setattr(distribute.keras.backend, "backend", lambda: "tensorflow")
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
-    assert resolve_precision("auto") == "mixed_bfloat16"
+    assert choose_precision("auto")[0] == "mixed_bfloat16"
 
 
 def test_device_settings_resolve_on_this_machine_and_reject_unknown_values(monkeypatch):
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        assert resolve_precision("auto") == choose_precision("auto", flags=cpu_flags())[0]
-        assert resolve_precision("auto", flags=()) == "float32"
+        assert choose_precision("auto")[0] == choose_precision("auto", flags=cpu_flags())[0]
+        assert choose_precision("auto", flags=())[0] == "float32"
     assert [resolve_jit_compile(v) for v in ("auto", "True", "false")] == ["auto", True, False]
     with pytest.raises(ValueError, match="allowed: auto, float32.*'float16'"):
-        resolve_precision("float16")
+        choose_precision("float16")
     with pytest.raises(ValueError, match="trainer.strategy.*'mirored'"):
         make_strategy("mirored")
     monkeypatch.delenv("TF_CONFIG", raising=False)
