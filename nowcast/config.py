@@ -142,7 +142,7 @@ class ModelConfig:
     # The network corrects the newest frame moved along the input frames' motion (block
     # matching up to advection_max_speed pixels per frame; nowcast.model.advection).
     advection: bool = False
-    advection_max_speed: int = 8
+    advection_max_speed: int = 12
 
 
 @dataclass

@@ -93,10 +93,10 @@ class EncoderForecaster(keras.Model):
         conv_negative_slope: Slope of the LeakyReLU after each (transposed) convolution.
         last_frame_skip: Whether the head also takes the newest input frame (see above).
         advection: Whether the network corrects an extrapolation of the newest frame (see
-            above); needs at least two input frames, even frame sides and out_channels equal
-            to the input channels.
+            above); needs at least two input frames and out_channels equal to the input
+            channels.
         advection_max_speed: The fastest motion the extrapolation finds, in pixels per frame
-            (8: 96 km/h on a 1-km, 5-minute grid).
+            (12: 144 km/h on a 1-km, 5-minute grid).
         **kwargs: Base `keras.Model` arguments (name, dtype, ...).
 
     Call arguments:
@@ -279,12 +279,11 @@ class EncoderForecaster(keras.Model):
             self.upsamplers[k].build(state)
             channels = stage["filters"]
         frame = (None, *input_shape[2:4])
-        odd = any(side is not None and side % 2 for side in frame[1:])
-        if self.advection and (input_shape[-1] != self.out_channels or odd):
+        if self.advection and input_shape[-1] != self.out_channels:
             raise ValueError(
-                "advection adds the forecast to the moved newest frame, which it matches on "
-                "2x2 pixel means: it needs out_channels equal to the input channels and even "
-                f"frame sides. Received: input_shape={input_shape}, {self.out_channels=}"
+                "advection adds the forecast to the moved newest frame: it needs out_channels "
+                f"equal to the input channels. Received: input_shape={input_shape}, "
+                f"{self.out_channels=}"
             )
         skip_channels = input_shape[-1] if self.last_frame_skip or self.advection else 0
         self.head.build((*frame, self.head_filters + skip_channels))

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 import keras
 from omegaconf import DictConfig, OmegaConf
 
-from nowcast.model.advection import COARSENING
 from nowcast.model.encoder_forecaster import EncoderForecaster
 
 MODELS: dict[str, type[keras.Model]] = {"encoder_forecaster": EncoderForecaster}
@@ -67,9 +66,8 @@ def frame_multiple(model_cfg) -> int | None:
 
     Peephole weights hold one value per pixel and keras.layers.ConvLSTM2D is built for one
     size; otherwise the network is fully convolutional and needs sides that its downsample
-    strides divide, and even sides with advection, which matches motion on 2 x 2 pixel means.
+    strides divide (advection takes any sides).
     """
     if model_cfg.peephole or model_cfg.recurrent != "fused":
         return None
-    strides = math.prod(stage.downsample_stride for stage in model_cfg.stages)
-    return math.lcm(strides, COARSENING) if model_cfg.advection else strides
+    return math.prod(stage.downsample_stride for stage in model_cfg.stages)
