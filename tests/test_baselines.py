@@ -62,10 +62,11 @@ def test_block_matching_searches_as_far_as_its_reach():
     assert np.all(near_csi < far_csi - 0.2), (near_csi, far_csi)
 
 
-# Block matching's parabola puts a smooth blob's least cost 0.05 pixel per frame off. S-PROG
+# Block matching's parabolas, on 4 x 4 then 2 x 2 pixel means, put a smooth blob's least cost
+# up to 0.07 pixel per frame off on its flanks (3 % of its peak after two frames). S-PROG
 # cannot fit its AR(2) model to frames that never change (correlation 1): it extrapolates.
 @pytest.mark.parametrize(
-    "extrapolation, atol", [(OpticalFlow, 1e-3), (BlockMatching, 2.5e-2), (Sprog, 1e-3)]
+    "extrapolation, atol", [(OpticalFlow, 1e-3), (BlockMatching, 3.5e-2), (Sprog, 1e-3)]
 )
 def test_extrapolation_keeps_a_static_field_in_place(extrapolation, atol):
     static = np.repeat(blobs(1)[None, :, :, :, None], 5, axis=1)

@@ -6,16 +6,17 @@ in the first half hour. These functions give the network that field, estimated a
 inside the model (no weights, no gradient) so that it trains, saves and runs on any backend
 like the rest of it.
 
-Motion is found by block matching, coarse to fine. On 4 x 4 pixel means, for every shift of up
-to `max_speed` pixels per frame, the squared difference between consecutive frames (the newest
-three pairs), summed over a 9 x 9 window, gives a cost; the least-cost shift, refined to a
-fraction of a pixel by a parabola through its neighbours' costs (a softmin over the shifts
-where no shift stands out), gives a motion vector per place, which is then averaged over about
-30 km, weighted by echo, so that dry places take the motion of the rain around them. On 2 x 2
-means, the previous frames moved along that motion are matched again within one coarse pixel,
-and the correction is averaged the same way. Searching fast motion on the coarse grid costs a
-sixteenth of searching it at full resolution, so the reach can cover the 100-140 km/h that
-real echo moves at on windy days, and the fine level restores the detail.
+Motion is found by block matching, coarse to fine. On 4 x 4 pixel means, for every shift that
+with the fine level's reach makes up to `max_speed` pixels per frame, the squared difference
+between consecutive frames (the newest three pairs), summed over a 9 x 9 window, gives a cost;
+the least-cost shift, refined to a fraction of a pixel by a parabola through its neighbours'
+costs (a softmin over the shifts where no shift stands out), gives a motion vector per place,
+which is then averaged over about 30 km, weighted by echo, so that dry places take the motion
+of the rain around them. On 2 x 2 means, the previous frames moved along that motion are
+matched again within one coarse pixel, and the correction is averaged the same way. Searching
+fast motion on the coarse grid costs a sixteenth of searching it at full resolution, so the
+reach can cover the 100-140 km/h that real echo moves at on windy days, and the fine level
+restores the detail.
 """
 
 from __future__ import annotations
@@ -142,8 +143,14 @@ def estimate_motion(frames, max_speed: int):
         coarse = ops.reshape(coarse, (-1, steps, *size))
         current = ops.reshape(coarse[:, first:], (-1, *size))
         previous = ops.reshape(coarse[:, first - 1 : -1], (-1, *size))
-        if motion is None:
-            reach, guide = math.ceil(max_speed / factor), 0.0
+        if level == 0:
+            # Up to max_speed with what the finer levels add.
+            reach = math.ceil(max(max_speed - FINE_REACH * LEVELS[-1], 0) / factor)
+            if reach == 0:
+                continue
+            guide = 0.0
+        elif motion is None:
+            reach, guide = FINE_REACH, 0.0
         else:
             # The previous frames moved along the coarser level's motion: what is left to
             # find is within one pixel of this level.
