@@ -202,6 +202,39 @@ def run_baselines(names: list[str], run_cfg: DictConfig) -> dict[str, Callable]:
     return baselines
 
 
+class _ModelAndExtrapolation(keras.Model):
+    """A model's forecast and the extrapolation it corrects, as one Keras predict step."""
+
+    def __init__(self, network: keras.Model) -> None:
+        super().__init__(name="model_and_extrapolation")
+        self.network = network
+
+    def call(self, inputs):
+        return self.network.forecast_and_extrapolation(inputs)
+
+
+def _forecast_jobs(
+    model: keras.Model, baselines: dict[str, Callable]
+) -> list[Callable[[np.ndarray], dict[str, np.ndarray]]]:
+    """What runs on each batch, side by side: functions of the inputs that give each method's
+    forecast by name. A model with `advection` matches and moves the frames itself, and its
+    pass gives `block_matching`'s forecast too (the same extrapolation at the run's reach),
+    so the motion is not estimated twice."""
+
+    def alone(name: str, forecast: Callable) -> Callable:
+        return lambda inputs: {name: forecast(inputs)}
+
+    baselines = dict(baselines)
+    if getattr(model, "advection", False) and "block_matching" in baselines:
+        del baselines["block_matching"]
+        both = _ModelAndExtrapolation(model)
+        names = ("model", "block_matching")
+        jobs = [lambda inputs: dict(zip(names, both.predict_on_batch(inputs), strict=True))]
+    else:
+        jobs = [alone("model", model.predict_on_batch)]
+    return jobs + [alone(name, forecast) for name, forecast in baselines.items()]
+
+
 def _windows_from_split_file(split_file: Path, split: str, data_cfg: DictConfig) -> _Windows:
     """The windows training assigned to `split`, found again in the store by start time."""
     record = json.loads(split_file.read_text())
@@ -824,8 +857,8 @@ def _score(cfg: DictConfig, shard: Shard | None) -> EvaluationResult:
     norm = run_cfg.data.normalisation
     (height, width), quantity, scoring = plan.frame_size, plan.quantity, plan.scoring
     model = load_checkpoint(run_cfg, checkpoint, (height, width, 1))
-    forecasters = {"model": model.predict_on_batch}
-    forecasters.update(run_baselines(cfg.baselines, run_cfg))
+    baselines = run_baselines(cfg.baselines, run_cfg)
+    jobs = _forecast_jobs(model, baselines)
     accumulators = {
         name: VerificationAccumulator(
             n_lead_times=n_out,
@@ -834,7 +867,7 @@ def _score(cfg: DictConfig, shard: Shard | None) -> EvaluationResult:
             fss_scales=cfg.metrics.fss_scales,
             balanced_thresholds=BALANCED_THRESHOLDS_MMH if scoring.balanced else None,
         )
-        for name in forecasters
+        for name in ["model", *baselines]
     }
     # NumPy batches read ahead by threads, under any backend: the forecasters take NumPy.
     reader = WindowReader(windows.store, windows.starts, n_in=n_in, n_out=n_out, norm=norm, seed=0)
@@ -853,19 +886,18 @@ def _score(cfg: DictConfig, shard: Shard | None) -> EvaluationResult:
     # TensorFlow, NumPy, SciPy and OpenCV release the GIL in their heavy loops, so the
     # baselines take the cores the model leaves idle. Each accumulator still sees its batches
     # in order, so the sums are those of one method after the other.
-    with ThreadPoolExecutor(max_workers=len(forecasters)) as pool:
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         for inputs, targets in dataset:
-            pending = {
-                pool.submit(forecast, inputs): name for name, forecast in forecasters.items()
-            }
+            pending = [pool.submit(job, inputs) for job in jobs]
             observation = to_physical(targets, norm, quantity)
             batch_runs = runs[scored : scored + len(inputs)]
             for done in as_completed(pending):
-                accumulators[pending[done]].update(
-                    forecast=to_physical(done.result(), norm, quantity),
-                    observation=observation,
-                    blocks=batch_runs,
-                )
+                for name, forecast in done.result().items():
+                    accumulators[name].update(
+                        forecast=to_physical(forecast, norm, quantity),
+                        observation=observation,
+                        blocks=batch_runs,
+                    )
             scored += len(inputs)
             progress.add(len(inputs))
 

@@ -379,6 +379,35 @@ def test_console_script_end_to_end(tiny_run, tmp_path):
     assert list(tmp_path.iterdir()) == [], "nothing is written where the command runs"
 
 
+def test_a_model_with_advection_gives_block_matching_from_its_own_pass():
+    """Scoring does not estimate the motion twice: the model's pass gives block matching's
+    forecast, the one the baseline makes alone (to float rounding)."""
+    from nowcast.baselines import BlockMatching, Persistence
+    from nowcast.evaluation import _forecast_jobs
+    from nowcast.model import EncoderForecaster
+
+    stage = {"filters": 4, "kernel_size": 3, "downsample_filters": 4, "downsample_kernel": 3}
+    frames = np.random.default_rng(0).random((2, 4, 32, 32, 1), dtype=np.float32)
+    baselines = {"persistence": Persistence(3), "block_matching": BlockMatching(3, 6)}
+    for advection, n_jobs in ((True, 2), (False, 3)):
+        model = EncoderForecaster(
+            [dict(stage, downsample_stride=2)],
+            n_out=3,
+            advection=advection,
+            advection_max_speed=6,
+        )
+        model(frames)
+        jobs = _forecast_jobs(model, baselines)
+        assert len(jobs) == n_jobs
+        forecasts = {name: f for job in jobs for name, f in job(frames).items()}
+        assert sorted(forecasts) == ["block_matching", "model", "persistence"]
+        np.testing.assert_allclose(forecasts["model"], model.predict_on_batch(frames), atol=1e-6)
+        np.testing.assert_allclose(
+            forecasts["block_matching"], baselines["block_matching"](frames), atol=1e-5
+        )
+    assert list(baselines) == ["persistence", "block_matching"], "the caller's dict is kept"
+
+
 def test_baselines_are_set_up_as_the_runs_model():
     norm = {"dbz_min": -10.0, "dbz_max": 60.0, "zr_a": 300.0, "zr_b": 1.4}
     run_cfg = OmegaConf.create(

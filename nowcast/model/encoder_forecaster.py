@@ -329,6 +329,12 @@ class EncoderForecaster(keras.Model):
         return sequence, [h, c]
 
     def call(self, inputs, training=False):
+        return self.forecast_and_extrapolation(inputs, training=training)[0]
+
+    def forecast_and_extrapolation(self, inputs, training=False):
+        """The forecast, and with `advection` the extrapolation it corrects (B, n_out, H, W,
+        C), else None: from one pass, so that scoring the extrapolation alone (the
+        `block_matching` baseline) does not match and move the frames a second time."""
         self._check_frame_size(inputs.shape[2], inputs.shape[3])
         x = inputs  # (B, T_in, H, W, C)
         states = []
@@ -345,7 +351,7 @@ class EncoderForecaster(keras.Model):
                 y = self._leaky(self._per_frame(self.upsamplers[k], y))  # (B, n_out, H_k-1, ...)
         # The newest input frame beside each output frame: (B, H, W, C) -> (B*n_out, H, W, C),
         # in the order of (B, n_out) folded into one axis.
-        skip = None
+        skip = moved = None
         if self.advection:
             if inputs.shape[1] is not None and inputs.shape[1] < 2:
                 raise ValueError(
@@ -356,7 +362,7 @@ class EncoderForecaster(keras.Model):
             skip = ops.reshape(moved, (-1, *moved.shape[2:]))
         elif self.last_frame_skip:
             skip = ops.repeat(inputs[:, -1], self.n_out, axis=0)
-        return self._per_frame(lambda frames: self._output_frames(frames, skip), y)
+        return self._per_frame(lambda frames: self._output_frames(frames, skip), y), moved
 
     def get_config(self):
         return {

@@ -91,6 +91,19 @@ def test_with_advection_a_silent_network_forecasts_the_extrapolation():
     assert error < 0.35 * persistence_error, (error, persistence_error)
 
 
+def test_the_forecast_comes_with_the_extrapolation_it_corrects():
+    model = EncoderForecaster(STAGES, n_out=3, head_filters=4, advection=True)
+    frames = _textured_frames((1, 2))
+    whole = model(frames)  # builds it
+    forecast, moved = model.forecast_and_extrapolation(frames)
+    np.testing.assert_allclose(forecast, whole, atol=1e-6)
+    motion = estimate_motion(frames, max_speed=model.advection_max_speed)
+    np.testing.assert_allclose(moved, advect(frames[:, -1], motion, 3), atol=1e-6)
+    plain = EncoderForecaster(STAGES, n_out=3, head_filters=4)
+    plain(frames)
+    assert plain.forecast_and_extrapolation(frames)[1] is None
+
+
 @pytest.mark.parametrize(
     "kwargs, shape, match",
     [
