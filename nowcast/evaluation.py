@@ -63,6 +63,7 @@ from nowcast.metrics import (
     CONTINUOUS_SCORES,
     ERROR_SUMS,
     FSS_SUMS,
+    ObservedBatch,
     VerificationAccumulator,
     bootstrap_mean_difference,
 )
@@ -889,7 +890,8 @@ def _score(cfg: DictConfig, shard: Shard | None) -> EvaluationResult:
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         for inputs, targets in dataset:
             pending = [pool.submit(job, inputs) for job in jobs]
-            observation = to_physical(targets, norm, quantity)
+            # What the scores need of the observation, computed once for all the methods.
+            observation = ObservedBatch(to_physical(targets, norm, quantity))
             batch_runs = runs[scored : scored + len(inputs)]
             for done in as_completed(pending):
                 for name, forecast in done.result().items():

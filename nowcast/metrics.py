@@ -46,29 +46,52 @@ BALANCED_THRESHOLDS_MMH = (2.0, 5.0, 10.0, 30.0)
 BALANCED_WEIGHTS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
-def _fields(*, forecast, observation):
-    """Both fields as float32 (time, batch, height, width) tensors of one shape.
+def _time_first(field):
+    """A (batch, time, height, width[, 1]) field as a float32 (time, batch, height, width) tensor.
 
     Time first, so that the reductions over everything but the lead time run over contiguous
     memory (several times faster than reducing axes 0, 2 and 3 on the CPU).
     """
-    forecast = ops.convert_to_tensor(forecast, dtype="float32")
-    observation = ops.convert_to_tensor(observation, dtype="float32")
-    if tuple(forecast.shape) != tuple(observation.shape):
-        raise ValueError(
-            "forecast and observation must have the same shape, Received: "
-            f"forecast.shape={tuple(forecast.shape)}, observation.shape={tuple(observation.shape)}"
-        )
-    shape = tuple(forecast.shape)
+    field = ops.convert_to_tensor(field, dtype="float32")
+    shape = tuple(field.shape)
     if len(shape) == 5 and shape[-1] == 1:
-        forecast, observation = forecast[..., 0], observation[..., 0]
+        field = field[..., 0]
     elif len(shape) != 4:
         raise ValueError(
             "expected fields of shape (batch, time, height, width) or (batch, time, height, "
             f"width, 1), Received: shape={shape}"
         )
-    # (B, T, H, W) -> (T, B, H, W)
-    return ops.transpose(forecast, (1, 0, 2, 3)), ops.transpose(observation, (1, 0, 2, 3))
+    return ops.transpose(field, (1, 0, 2, 3))
+
+
+class ObservedBatch:
+    """One batch's observation, with what the scores need of it computed once, when first
+    asked for: several forecasts scored against it (`VerificationAccumulator.update` of each
+    method) share its masks, events, weights and FSS window counts.
+
+    Args:
+        observation: (batch, time, height, width[, 1]) in physical units, NaN where no data.
+    """
+
+    def __init__(self, observation) -> None:
+        self.shape = tuple(np.shape(observation))
+        self.field = _time_first(observation)  # (T, B, H, W)
+        self._parts: dict = {}
+
+    def part(self, key: tuple, compute):
+        """`compute()`, once per `key` (what it computes and its settings)."""
+        if key not in self._parts:
+            self._parts[key] = compute()
+        return self._parts[key]
+
+    def forecast_field(self, forecast):
+        """`forecast` as `field` is, after checking that both have one shape."""
+        if tuple(np.shape(forecast)) != self.shape:
+            raise ValueError(
+                "forecast and observation must have the same shape, Received: "
+                f"forecast.shape={tuple(np.shape(forecast))}, observation.shape={self.shape}"
+            )
+        return _time_first(forecast)
 
 
 def contingency_counts(
@@ -85,33 +108,44 @@ def contingency_counts(
         int32 tensor (time, K, 4), or (batch, time, K, 4) with `per_sample`, the last axis in
         the order of `CONTINGENCY_FIELDS`. Pixels where the observation is NaN are not counted.
     """
-    fields = _fields(forecast=forecast, observation=observation)
-    return _contingency_counts(*fields, thresholds=thresholds, per_sample=per_sample)
+    observed = ObservedBatch(observation)
+    forecast = observed.forecast_field(forecast)
+    return _contingency_counts(forecast, observed, thresholds=thresholds, per_sample=per_sample)
 
 
-def _contingency_counts(forecast, observation, *, thresholds, per_sample):
-    """`contingency_counts` of (time, batch, height, width) fields from `_fields`."""
+def _contingency_counts(forecast, observed: ObservedBatch, *, thresholds, per_sample):
+    """`contingency_counts` of a forecast from `ObservedBatch.forecast_field`."""
     steps, batch = forecast.shape[:2]
-    # (T, B, H, W) -> (T, 1, B, H*W), against thresholds (1, K, 1, 1): event masks (T, K, B, H*W).
-    forecast = ops.reshape(forecast, (steps, 1, batch, -1))
-    observation = ops.reshape(observation, (steps, 1, batch, -1))
-    thresholds = ops.convert_to_tensor(np.asarray(thresholds, np.float32))
-    thresholds = ops.reshape(thresholds, (1, -1, 1, 1))
-    valid = ops.isfinite(observation)
-    forecast_event = (forecast >= thresholds) & valid
-    observed_event = observation >= thresholds  # NaN compares False
+    thresholds = [float(t) for t in thresholds]
 
     def count(mask):  # (T, K or 1, B, N) -> (T, K or 1, B)
         return ops.sum(ops.cast(mask, "int32"), axis=-1)
 
+    def observed_events():
+        # (T, B, H, W) -> (T, 1, B, H*W), against thresholds (1, K, 1, 1): (T, K, B, H*W).
+        observation = ops.reshape(observed.field, (steps, 1, batch, -1))
+        valid = ops.isfinite(observation)
+        events = observation >= _thresholds(thresholds)  # NaN compares False
+        return valid, events, count(events), count(valid)
+
+    valid, observed_event, observed_count, valid_count = observed.part(
+        ("contingency", *thresholds), observed_events
+    )
+    forecast = ops.reshape(forecast, (steps, 1, batch, -1))
+    forecast_event = (forecast >= _thresholds(thresholds)) & valid
     hits = count(forecast_event & observed_event)
     false_alarms = count(forecast_event) - hits
-    misses = count(observed_event) - hits
-    correct_negatives = count(valid) - hits - false_alarms - misses
+    misses = observed_count - hits
+    correct_negatives = valid_count - hits - false_alarms - misses
     counts = ops.stack([hits, false_alarms, misses, correct_negatives], axis=-1)  # (T, K, B, 4)
     if per_sample:
         return ops.transpose(counts, (2, 0, 1, 3))
     return ops.sum(counts, axis=2)
+
+
+def _thresholds(thresholds: list[float]):
+    """(1, K, 1, 1) float32 thresholds, against (T, 1, B, N) fields."""
+    return ops.reshape(ops.convert_to_tensor(np.asarray(thresholds, np.float32)), (1, -1, 1, 1))
 
 
 def _ratio(numerator, denominator):
@@ -172,24 +206,38 @@ def error_sums(
         (non-NaN observation) pixels, then the sums of squared, absolute, weighted squared and
         weighted absolute errors over them.
     """
-    fields = _fields(forecast=forecast, observation=observation)
-    return _error_sums(*fields, balanced_thresholds=balanced_thresholds, weights=balanced_weights)
+    observed = ObservedBatch(observation)
+    return _error_sums(
+        observed.forecast_field(forecast),
+        observed,
+        balanced_thresholds=balanced_thresholds,
+        weights=balanced_weights,
+    )
 
 
-def _error_sums(forecast, observation, *, balanced_thresholds, weights):
-    """`error_sums` of (time, batch, height, width) fields from `_fields`."""
-    valid = ops.isfinite(observation)
-    observed = ops.where(valid, observation, 0.0)
-    error = ops.cast(ops.where(valid, forecast - observed, 0.0), "float64")
-    if balanced_thresholds is None:
-        weight = ops.full_like(error, np.nan)
-    else:
-        weight = rain_rate_weights(observed, balanced_thresholds, weights)
-        weight = ops.cast(weight, "float64")
+def _error_sums(forecast, observed: ObservedBatch, *, balanced_thresholds, weights):
+    """`error_sums` of a forecast from `ObservedBatch.forecast_field`."""
+
+    def observed_terms():
+        observation = observed.field
+        valid = ops.isfinite(observation)
+        observed_values = ops.where(valid, observation, 0.0)
+        if balanced_thresholds is None:
+            weight = ops.full_like(observation, np.nan, dtype="float64")
+        else:
+            weight = rain_rate_weights(observed_values, balanced_thresholds, weights)
+            weight = ops.cast(weight, "float64")
+        valid_pixels = ops.sum(ops.cast(valid, "float64"), axis=(1, 2, 3))
+        return valid, observed_values, weight, valid_pixels
+
+    key = ("errors", balanced_thresholds and tuple(balanced_thresholds), tuple(weights))
+    valid, observed_values, weight, valid_pixels = observed.part(key, observed_terms)
+    error = ops.cast(ops.where(valid, forecast - observed_values, 0.0), "float64")
     squared, absolute = ops.square(error), ops.abs(error)
-    terms = [ops.cast(valid, "float64"), squared, absolute, weight * squared, weight * absolute]
     # Sum over batch, height and width: (T, B, H, W) -> (T,).
-    return ops.stack([ops.sum(term, axis=(1, 2, 3)) for term in terms], axis=-1)
+    sums = [ops.sum(term, axis=(1, 2, 3)) for term in (squared, absolute)]
+    sums += [ops.sum(weight * term, axis=(1, 2, 3)) for term in (squared, absolute)]
+    return ops.stack([valid_pixels, *sums], axis=-1)
 
 
 def continuous_scores(sums) -> dict[str, np.ndarray]:
@@ -271,27 +319,36 @@ def fss_sums(*, forecast, observation, threshold: float, scales: Sequence[int]):
         sum F^2, sum F*O, sum O^2 over batch, height and width.
     """
     _check_scales(scales)
-    fields = _fields(forecast=forecast, observation=observation)
-    return _fss_sums(*fields, threshold=threshold, scales=scales)
+    observed = ObservedBatch(observation)
+    forecast = observed.forecast_field(forecast)
+    return _fss_sums(forecast, observed, threshold=threshold, scales=scales)
 
 
-def _fss_sums(forecast, observation, *, threshold, scales):
-    """`fss_sums` of (time, batch, height, width) fields from `_fields`."""
+def _fss_sums(forecast, observed: ObservedBatch, *, threshold, scales):
+    """`fss_sums` of a forecast from `ObservedBatch.forecast_field`."""
     steps = forecast.shape[0]
-    valid = ops.isfinite(observation)
-    # (2, T, B, H, W): forecast and observed events, so both go through one window sum.
-    events = ops.cast(
-        ops.stack([forecast >= threshold, observation >= threshold]) & valid, "int32"
-    )
+    scales = [int(s) for s in scales]
+
+    def window_counts(events):  # (T, B, H, W) 0/1 -> per scale, float64 (T, B*H*W)
+        return [
+            ops.reshape(ops.cast(counts, "float64"), (steps, -1))
+            for counts in _window_counts(ops.cast(events, "int32"), scales)
+        ]
+
+    def observed_counts():
+        valid = ops.isfinite(observed.field)
+        return valid, window_counts((observed.field >= threshold) & valid)
+
+    valid, observation_counts = observed.part(("fss", float(threshold), *scales), observed_counts)
     per_scale = []
-    for scale, counts in zip(
-        scales, _window_counts(events, [int(s) for s in scales]), strict=True
+    for scale, counts, other in zip(
+        scales, window_counts((forecast >= threshold) & valid), observation_counts, strict=True
     ):
-        counts = ops.reshape(ops.cast(counts, "float64"), (2, steps, -1))  # (2, T, B*H*W)
-        # (T, 2, 2) of [[sum Cf*Cf, sum Cf*Co], [sum Co*Cf, sum Co*Co]] over the pixels, in one
-        # matrix product; exact, since the products of counts are integers far below 2^53.
-        gram = ops.einsum("atn,btn->tab", counts, counts) / float(scale) ** 4
-        per_scale.append(ops.stack([gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 1]], axis=-1))
+        # Sums of products of counts over the pixels: exact, since they are integers far
+        # below 2^53.
+        sums = [ops.sum(a * b, axis=-1) for a, b in ((counts, counts), (counts, other))]
+        sums.append(ops.sum(other * other, axis=-1))
+        per_scale.append(ops.stack(sums, axis=-1) / float(scale) ** 4)
     return ops.stack(per_scale, axis=1)
 
 
@@ -352,7 +409,8 @@ class VerificationAccumulator:
         self.block_contingency: dict[int, np.ndarray] = {}
 
     def update(self, *, forecast, observation, blocks: Sequence[int] | None = None) -> None:
-        """Add one batch: (batch, time, height, width[, 1]) fields in physical units, and
+        """Add one batch: (batch, time, height, width[, 1]) fields in physical units (the
+        observation may be an `ObservedBatch`, shared with other methods' updates), and
         optionally the block (any integer id) each of its windows belongs to."""
         shape = tuple(np.shape(forecast))
         if shape[1] != self.contingency.shape[0]:
@@ -363,9 +421,13 @@ class VerificationAccumulator:
             raise ValueError(
                 f"expected one block per window, Received: {len(blocks)} blocks, {shape=}"
             )
+        if not isinstance(observation, ObservedBatch):
+            observation = ObservedBatch(observation)
         # Time first once for all three sums: each transpose copies the whole batch.
-        fields = _fields(forecast=forecast, observation=observation)
-        counts = _contingency_counts(*fields, thresholds=self.thresholds, per_sample=True)
+        observed, forecast = observation, observation.forecast_field(forecast)
+        counts = _contingency_counts(
+            forecast, observed, thresholds=self.thresholds, per_sample=True
+        )
         counts = ops.convert_to_numpy(counts).astype(np.int64)
         self.contingency += counts.sum(axis=0)
         if blocks is not None:
@@ -376,9 +438,9 @@ class VerificationAccumulator:
             self.balanced["balanced_weights"],
         )
         self.errors += ops.convert_to_numpy(
-            _error_sums(*fields, balanced_thresholds=thresholds, weights=weights)
+            _error_sums(forecast, observed, balanced_thresholds=thresholds, weights=weights)
         )
-        fss = _fss_sums(*fields, threshold=self.fss_threshold, scales=self.fss_scales)
+        fss = _fss_sums(forecast, observed, threshold=self.fss_threshold, scales=self.fss_scales)
         self.fss += ops.convert_to_numpy(fss)
 
     def merge(self, other: VerificationAccumulator) -> None:

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from pysteps.verification import det_cat_fct
@@ -5,6 +7,7 @@ from pysteps.verification.spatialscores import fss_accum, fss_compute, fss_init
 
 from nowcast.metrics import (
     CATEGORICAL_SCORES,
+    ObservedBatch,
     VerificationAccumulator,
     bootstrap_mean_difference,
     categorical_scores,
@@ -219,3 +222,32 @@ def test_fields_are_keyword_only_and_must_agree_in_shape():
         error_sums(forecast=field[0], observation=field[0])
     with pytest.raises(ValueError, match="scales must be integers >= 1"):
         fss_sums(forecast=field, observation=field, threshold=1.0, scales=[0])
+
+
+def test_methods_scored_against_one_observed_batch_get_the_totals_of_separate_updates():
+    """Evaluation computes the observation's masks, events, weights and FSS window counts once
+    per batch for all the methods; the totals are those of each method scored on its own."""
+    rng = np.random.default_rng(3)
+    observation = rng.gamma(0.4, 3.0, (2, 3, 24, 20)).astype(np.float32)
+    observation[:, :, :5] = np.nan
+    forecasts = [rng.gamma(0.4, 3.0, observation.shape).astype(np.float32) for _ in range(2)]
+    settings = dict(
+        n_lead_times=3, thresholds=[0.5, 2.0, 8.0], fss_threshold=1.0, fss_scales=[1, 4]
+    )
+    shared, alone = ([VerificationAccumulator(**settings) for _ in forecasts] for _ in range(2))
+    observed = ObservedBatch(observation)
+    for forecast, with_shared, on_its_own in zip(forecasts, shared, alone, strict=True):
+        with_shared.update(forecast=forecast, observation=observed, blocks=[0, 1])
+        on_its_own.update(forecast=forecast, observation=observation, blocks=[0, 1])
+        assert with_shared.to_record() == on_its_own.to_record()
+    assert not np.array_equal(shared[0].contingency, shared[1].contingency)
+    # Other settings against the same batch get their own parts of it.
+    other = dict(n_lead_times=3, thresholds=[1.0], fss_threshold=2.0, fss_scales=[3])
+    with_shared, on_its_own = (
+        VerificationAccumulator(**other, balanced_thresholds=None) for _ in range(2)
+    )
+    with_shared.update(forecast=forecasts[0], observation=observed)
+    on_its_own.update(forecast=forecasts[0], observation=observation)
+    assert json.dumps(with_shared.to_record()) == json.dumps(on_its_own.to_record())
+    with pytest.raises(ValueError, match="same shape"):
+        shared[0].update(forecast=forecasts[0][:1], observation=observed)
