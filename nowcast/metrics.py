@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 
 import numpy as np
 from keras import ops
@@ -78,6 +79,11 @@ class ObservedBatch:
         self.field = _time_first(observation)  # (T, B, H, W)
         self._parts: dict = {}
 
+    @cached_property
+    def valid(self):
+        """(T, B, H, W) bool: where the observation has data."""
+        return ops.isfinite(self.field)
+
     def part(self, key: tuple, compute):
         """`compute()`, once per `key` (what it computes and its settings)."""
         if key not in self._parts:
@@ -124,7 +130,7 @@ def _contingency_counts(forecast, observed: ObservedBatch, *, thresholds, per_sa
     def observed_events():
         # (T, B, H, W) -> (T, 1, B, H*W), against thresholds (1, K, 1, 1): (T, K, B, H*W).
         observation = ops.reshape(observed.field, (steps, 1, batch, -1))
-        valid = ops.isfinite(observation)
+        valid = ops.reshape(observed.valid, (steps, 1, batch, -1))
         events = observation >= _thresholds(thresholds)  # NaN compares False
         return valid, events, count(events), count(valid)
 
@@ -218,9 +224,10 @@ def error_sums(
 def _error_sums(forecast, observed: ObservedBatch, *, balanced_thresholds, weights):
     """`error_sums` of a forecast from `ObservedBatch.forecast_field`."""
 
+    valid = observed.valid
+
     def observed_terms():
         observation = observed.field
-        valid = ops.isfinite(observation)
         observed_values = ops.where(valid, observation, 0.0)
         if balanced_thresholds is None:
             weight = ops.full_like(observation, np.nan, dtype="float64")
@@ -228,10 +235,10 @@ def _error_sums(forecast, observed: ObservedBatch, *, balanced_thresholds, weigh
             weight = rain_rate_weights(observed_values, balanced_thresholds, weights)
             weight = ops.cast(weight, "float64")
         valid_pixels = ops.sum(ops.cast(valid, "float64"), axis=(1, 2, 3))
-        return valid, observed_values, weight, valid_pixels
+        return observed_values, weight, valid_pixels
 
     key = ("errors", balanced_thresholds and tuple(balanced_thresholds), tuple(weights))
-    valid, observed_values, weight, valid_pixels = observed.part(key, observed_terms)
+    observed_values, weight, valid_pixels = observed.part(key, observed_terms)
     error = ops.cast(ops.where(valid, forecast - observed_values, 0.0), "float64")
     squared, absolute = ops.square(error), ops.abs(error)
     # Sum over batch, height and width: (T, B, H, W) -> (T,).
@@ -335,20 +342,19 @@ def _fss_sums(forecast, observed: ObservedBatch, *, threshold, scales):
             for counts in _window_counts(ops.cast(events, "int32"), scales)
         ]
 
-    def observed_counts():
-        valid = ops.isfinite(observed.field)
-        return valid, window_counts((observed.field >= threshold) & valid)
+    # Sums of products of counts over the pixels: exact, since they are integers far below
+    # 2^53.
+    def observed_counts():  # per scale, the observation's counts and the sum of their squares
+        counts = window_counts((observed.field >= threshold) & observed.valid)
+        return [(other, ops.sum(other * other, axis=-1)) for other in counts]
 
-    valid, observation_counts = observed.part(("fss", float(threshold), *scales), observed_counts)
+    observation = observed.part(("fss", float(threshold), *scales), observed_counts)
     per_scale = []
-    for scale, counts, other in zip(
-        scales, window_counts((forecast >= threshold) & valid), observation_counts, strict=True
+    for scale, counts, (other, other_squared) in zip(
+        scales, window_counts((forecast >= threshold) & observed.valid), observation, strict=True
     ):
-        # Sums of products of counts over the pixels: exact, since they are integers far
-        # below 2^53.
-        sums = [ops.sum(a * b, axis=-1) for a, b in ((counts, counts), (counts, other))]
-        sums.append(ops.sum(other * other, axis=-1))
-        per_scale.append(ops.stack(sums, axis=-1) / float(scale) ** 4)
+        sums = [ops.sum(counts * counts, axis=-1), ops.sum(counts * other, axis=-1)]
+        per_scale.append(ops.stack([*sums, other_squared], axis=-1) / float(scale) ** 4)
     return ops.stack(per_scale, axis=1)
 
 

@@ -143,25 +143,19 @@ def estimate_motion(frames, max_speed: int):
         coarse = ops.reshape(coarse, (-1, steps, *size))
         current = ops.reshape(coarse[:, first:], (-1, *size))
         previous = ops.reshape(coarse[:, first - 1 : -1], (-1, *size))
+        # The coarsest level searches up to max_speed with what the finer levels add.
+        reach = FINE_REACH
         if level == 0:
-            # Up to max_speed with what the finer levels add.
             reach = math.ceil(max(max_speed - FINE_REACH * LEVELS[-1], 0) / factor)
             if reach == 0:
                 continue
-            guide = 0.0
-        elif motion is None:
-            reach, guide = FINE_REACH, 0.0
-        else:
+        guide = 0.0
+        if motion is not None:
             # The previous frames moved along the coarser level's motion: what is left to
             # find is within one pixel of this level.
-            reach = FINE_REACH
             guide = _upsample(motion, LEVELS[level - 1] // factor) * (LEVELS[level - 1] / factor)
             along = ops.reshape(ops.repeat(guide[:, None], pairs, axis=1), (-1, *size[:2], 2))
-            rows, cols = np.meshgrid(
-                np.arange(size[0], dtype=np.float32),
-                np.arange(size[1], dtype=np.float32),
-                indexing="ij",
-            )
+            rows, cols = _pixel_grid(*size[:2])
             previous = _bilinear(
                 previous, rows - along[..., 0], cols - along[..., 1], beyond_is_zero=True
             )
@@ -171,6 +165,13 @@ def estimate_motion(frames, max_speed: int):
         motion = _box_mean(vectors * echo, window) / _box_mean(echo, window)
     fine = _upsample(motion, LEVELS[-1]) * LEVELS[-1]
     return fine[:, :height, :width]
+
+
+def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(height, width) float32 row and column of each pixel."""
+    return np.meshgrid(
+        np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij"
+    )
 
 
 def _bilinear(field, y, x, *, beyond_is_zero: bool):
@@ -214,10 +215,7 @@ def advect(frame, motion, steps: int):
     Returns:
         (B, steps, H, W, C), the dtype of `frame`.
     """
-    height, width = frame.shape[1:3]
-    rows, cols = np.meshgrid(
-        np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij"
-    )
+    rows, cols = _pixel_grid(*frame.shape[1:3])
     motion = ops.cast(motion, "float32")
     values = ops.cast(frame, "float32")
     batch_of_zeros = ops.zeros_like(motion[..., 0])  # (B, H, W)
