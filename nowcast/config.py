@@ -335,6 +335,10 @@ class EvaluateConfig:
 
     `batch_size`: windows forecast and scored at once; unset, the run's `data.batch_size`, cut
     for large frames to about half a million pixels a batch (one window of 760 x 696).
+    `precision`: what the model's forward pass computes in, as `trainer.precision` (auto:
+    bfloat16 on CPUs and GPUs that have it, else float32). bfloat16 took a third off the model's
+    time on a 2-core AVX512-BF16 CPU and changed its mean CSI by at most 0.001 on real radar;
+    `precision=float32` gives counts that do not depend on the machine's arithmetic.
 
     Sharded scoring (nowcast.sharding): `shard=i/n` scores only the i-th of n equal stretches
     of the windows and writes their raw totals to `shards_dir`/shard-<i>-of-<n>/;
@@ -347,6 +351,7 @@ class EvaluateConfig:
     split: str = "test"
     data: DataConfig | None = None
     batch_size: int | None = None
+    precision: str = "auto"
     baselines: list[str] = field(
         default_factory=lambda: ["persistence", "optical_flow", "block_matching"]
     )

@@ -20,10 +20,11 @@ worker reads only its own part of it (see `distribute_windows`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import keras
@@ -82,8 +83,10 @@ def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
-def choose_precision(precision: str, *, flags: Iterable[str] | None = None) -> tuple[str, str]:
-    """The Keras dtype policy for `trainer.precision`, and why it was chosen (for the log).
+def choose_precision(
+    precision: str, *, flags: Iterable[str] | None = None, setting: str = "trainer.precision"
+) -> tuple[str, str]:
+    """The Keras dtype policy for `precision`, and why it was chosen (for the log).
 
     `auto` picks the fastest one that keeps the model's skill:
 
@@ -99,13 +102,14 @@ def choose_precision(precision: str, *, flags: Iterable[str] | None = None) -> t
     Args:
         precision: auto | float32 | mixed_float16 | mixed_bfloat16; all but auto pass through.
         flags: the CPU's feature flags; None reads them (`cpu_flags`).
+        setting: the setting `precision` came from, for messages.
 
     Raises:
         ValueError: an unknown precision.
     """
-    _check_choice("trainer.precision", precision, PRECISIONS)
+    _check_choice(setting, precision, PRECISIONS)
     if precision != "auto":
-        return precision, "set by trainer.precision"
+        return precision, f"set by {setting}"
     capabilities = _gpu_compute_capabilities()
     if capabilities:
         oldest = min(capabilities)
@@ -127,6 +131,18 @@ def choose_precision(precision: str, *, flags: Iterable[str] | None = None) -> t
             "needs TensorFlow's oneDNN kernels"
         )
     return "mixed_bfloat16", f"auto on a CPU with native bfloat16 ({', '.join(native)})"
+
+
+@contextlib.contextmanager
+def dtype_policy(policy: str) -> Iterator[None]:
+    """Keras's global dtype policy is `policy` inside the block: the layers built there
+    compute in it. The policy before is restored after."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def resolve_jit_compile(jit_compile: str | bool) -> str | bool:

@@ -13,7 +13,8 @@ renamed when complete:
                        times, the raw contingency counts and sums (to merge or recompute), the
                        bootstrap interval of the model's mean CSI minus each baseline's (over
                        runs of consecutive windows, `consecutive_runs`), and what was scored:
-                       run, checkpoint, store, split, thresholds, lead times
+                       run, checkpoint, store, split, thresholds, lead times, and the
+                       precision the model's forward pass ran in (`precision`)
     categorical.csv    per method, lead time and threshold: counts, CSI, POD, FAR, HSS, ETS, bias
     continuous.csv     per method and lead time: MSE, MAE, B-MSE, B-MAE, FSS per scale
     summary.txt        the table printed at the end: means over lead times
@@ -54,6 +55,7 @@ from nowcast.data.pipeline import WindowDataset, WindowReader, select_windows, v
 from nowcast.data.store import REFLECTIVITY, VIL, open_store
 from nowcast.data.synthetic import resolve_store
 from nowcast.data.windows import ALL_WINDOWS, SPLITS
+from nowcast.distribute import choose_precision, dtype_policy
 from nowcast.memory import keep_freed_memory
 from nowcast.metrics import (
     BALANCED_THRESHOLDS_MMH,
@@ -207,7 +209,8 @@ class _ModelAndExtrapolation(keras.Model):
     """A model's forecast and the extrapolation it corrects, as one Keras predict step."""
 
     def __init__(self, network: keras.Model) -> None:
-        super().__init__(name="model_and_extrapolation")
+        # The network casts its inputs itself, keeping the extrapolation in float32.
+        super().__init__(name="model_and_extrapolation", autocast=False)
         self.network = network
 
     def call(self, inputs):
@@ -499,6 +502,8 @@ def summary_table(record: dict) -> str:
         f"times {leads[0]:g}-{leads[-1]:g} min. Means over lead times; thresholds in "
         f"{record['units']}.",
     ]
+    if "model_precision" in record:
+        lines[0] += f" The model's forward pass in {' and '.join(record['model_precision'])}."
 
     def block(title: str, headers: list[str], rows: dict[str, list[float]]) -> None:
         lines.append("")
@@ -758,11 +763,14 @@ def _shard_windows(
 
 
 def _write_evaluation(
-    plan: _Plan, accumulators: dict, metrics_cfg: MetricsConfig
+    plan: _Plan, accumulators: dict, metrics_cfg: MetricsConfig, precisions: list[str]
 ) -> EvaluationResult:
-    """metrics.json, the tables, summary.txt and the plots from the totals of every window."""
+    """metrics.json, the tables, summary.txt and the plots from the totals of every window;
+    `precisions`: the dtype policies the model's forward pass ran in (one, unless merged
+    shards ran in different ones)."""
     record = {
         **plan.header,
+        "model_precision": sorted(set(precisions)),
         "methods": {name: _method_record(acc) for name, acc in accumulators.items()},
         "bootstrap": _bootstrap_record(accumulators, metrics_cfg, plan.runs),
     }
@@ -772,7 +780,7 @@ def _write_evaluation(
 
 
 def _write_shard(
-    plan: _Plan, shard: Shard, accumulators: dict, runs: np.ndarray
+    plan: _Plan, shard: Shard, accumulators: dict, runs: np.ndarray, precision: str
 ) -> EvaluationResult:
     """shard.json: what was scored, which shard, and each method's totals, per-run counts
     among them (`VerificationAccumulator.to_record`)."""
@@ -780,6 +788,7 @@ def _write_shard(
         "format": SHARD_FORMAT,
         "shard": {"index": shard.index, "count": shard.count, "windows": runs.size},
         "scored": plan.scored,
+        "model_precision": precision,
         "accumulators": {name: acc.to_record() for name, acc in accumulators.items()},
     }
     text = json.dumps(_as_json(record))
@@ -818,7 +827,11 @@ def merge_shards(cfg: DictConfig) -> EvaluationResult:
             totals[0].merge(other)
         accumulators[method] = totals[0]
     log.info("Merged the %d shards in %s", len(records), folder)
-    return _write_evaluation(plan, accumulators, cfg.metrics)
+    # Shards are scored alike in all that decides what is counted; their precision may differ
+    # (auto on unlike machines), and is reported. Shards written before it was recorded ran
+    # in float32.
+    precisions = [record.get("model_precision", "float32") for record in records]
+    return _write_evaluation(plan, accumulators, cfg.metrics, precisions)
 
 
 def evaluate(cfg: DictConfig) -> EvaluationResult:
@@ -850,6 +863,7 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
 
 def _score(cfg: DictConfig, shard: Shard | None) -> EvaluationResult:
     """Score the windows of `cfg` (of `shard`, if given) and write the outputs."""
+    precision, reason = choose_precision(cfg.precision, setting="precision")
     plan = _plan(cfg, shard)
     run_cfg, checkpoint, windows, runs = plan.run_cfg, plan.checkpoint, plan.windows, plan.runs
     if shard is not None:
@@ -857,7 +871,9 @@ def _score(cfg: DictConfig, shard: Shard | None) -> EvaluationResult:
     n_in, n_out = run_cfg.data.n_in, run_cfg.data.n_out
     norm = run_cfg.data.normalisation
     (height, width), quantity, scoring = plan.frame_size, plan.quantity, plan.scoring
-    model = load_checkpoint(run_cfg, checkpoint, (height, width, 1))
+    log.info("The model's forward pass in %s: %s", precision, reason)
+    with dtype_policy(precision):
+        model = load_checkpoint(run_cfg, checkpoint, (height, width, 1))
     baselines = run_baselines(cfg.baselines, run_cfg)
     jobs = _forecast_jobs(model, baselines)
     accumulators = {
@@ -904,5 +920,5 @@ def _score(cfg: DictConfig, shard: Shard | None) -> EvaluationResult:
             progress.add(len(inputs))
 
     if shard is not None:
-        return _write_shard(plan, shard, accumulators, runs)
-    return _write_evaluation(plan, accumulators, cfg.metrics)
+        return _write_shard(plan, shard, accumulators, runs, precision)
+    return _write_evaluation(plan, accumulators, cfg.metrics, [precision])

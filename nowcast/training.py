@@ -69,6 +69,7 @@ from nowcast.distribute import (
     check_global_batch,
     choose_precision,
     distribute_windows,
+    dtype_policy,
     is_chief,
     make_strategy,
     num_replicas,
@@ -416,18 +417,13 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
     state, saved_cfg = start_state(run_dir, cfg)
     policy, reason = choose_precision(cfg.trainer.precision)
     log.info("Precision %s: %s", policy, reason)
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        with contextlib.ExitStack() as stack:
-            if strategy is not None:
-                stack.enter_context(strategy.scope())
-            write_dir = run_dir
-            if not is_chief(strategy):
-                write_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            model, history = _fit(cfg, write_dir, state, saved_cfg, strategy, callbacks)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+    with dtype_policy(policy), contextlib.ExitStack() as stack:
+        if strategy is not None:
+            stack.enter_context(strategy.scope())
+        write_dir = run_dir
+        if not is_chief(strategy):
+            write_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        model, history = _fit(cfg, write_dir, state, saved_cfg, strategy, callbacks)
     # Earlier sessions' epochs of a resumed run, from the chief's log.
     earlier = _read_metrics(run_dir / "metrics.csv", state.epoch)
     for name, values in history.items():

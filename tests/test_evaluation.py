@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from nowcast.config import MetricsConfig, NormalisationConfig
 from nowcast.data.store import REFLECTIVITY, write_store
+from nowcast.distribute import choose_precision, dtype_policy
 from nowcast.evaluation import (
     consecutive_runs,
     evaluate,
@@ -130,6 +131,7 @@ def test_evaluate_scores_the_run_split_and_baselines(tiny_run, evaluate_config):
     assert record["thresholds"] == [0.5, 1.0, 2.0, 5.0, 10.0, 30.0]
     assert record["units"] == "mm/h" and record["data"]["quantity"] == "DBZH"
     assert list(record["methods"]) == METHODS
+    assert record["model_precision"] == [choose_precision("auto")[0]]
 
     valid_pixels = None
     for method, scores in record["methods"].items():
@@ -271,6 +273,7 @@ def test_a_model_that_copies_its_last_frame_scores_exactly_persistence(
         "data.synthetic.width=64",
         "data.synthetic.frames=288",
         "data.split.block_hours=4",
+        "precision=float32",  # bfloat16 would round the copied frame
     )
     methods = evaluate(cfg).metrics["methods"]
     for score, values in methods["persistence"]["scores"].items():
@@ -344,6 +347,46 @@ def test_the_interval_resamples_runs_of_consecutive_windows(tiny_run, evaluate_c
     )
 
 
+def test_the_precision_of_the_forward_pass_rounds_the_network_alone(
+    tiny_run, evaluate_config, tmp_path, capsys
+):
+    """bfloat16 (auto where the CPU has it) changes the network's arithmetic, not the baselines'
+    nor the extrapolation's: block matching, which comes from the model's own pass, keeps its
+    counts."""
+    records = {}
+    for precision in ("float32", "mixed_bfloat16"):
+        cfg = evaluate_config(
+            f"run={tiny_run}",
+            f"precision={precision}",
+            "baselines=[persistence,block_matching]",
+            f"paths.output_dir={tmp_path / precision}",
+        )
+        result = evaluate(cfg)
+        assert f"The model's forward pass in {precision}." in result.summary
+        records[precision] = result.metrics
+    full, rounded = (records[p] for p in ("float32", "mixed_bfloat16"))
+    assert (full["model_precision"], rounded["model_precision"]) == (
+        ["float32"],
+        ["mixed_bfloat16"],
+    )
+    for method in ("persistence", "block_matching"):
+        for name, counts in full["methods"][method]["contingency"].items():
+            np.testing.assert_array_equal(
+                rounded["methods"][method]["contingency"][name], counts, err_msg=method
+            )
+    mse = [r["methods"]["model"]["mean_over_lead_times"]["mse"] for r in (full, rounded)]
+    assert mse[0] != mse[1] and mse[1] == pytest.approx(mse[0], rel=0.05)
+
+    line = fails_with_one_line(
+        lambda: evaluate(evaluate_config(f"run={tiny_run}", "precision=bf16")), capsys
+    )
+    assert line.endswith(
+        "unknown precision, allowed: auto, float32, mixed_float16, mixed_bfloat16. "
+        "Received: 'bf16'"
+    )
+    assert not (tmp_path / "evaluation").exists()
+
+
 def test_bad_bootstrap_settings_are_one_line(tiny_run, evaluate_config, tmp_path, capsys):
     cfg = evaluate_config(f"run={tiny_run}", "metrics.bootstrap_samples=-1")
     line = fails_with_one_line(lambda: evaluate(cfg), capsys)
@@ -379,9 +422,11 @@ def test_console_script_end_to_end(tiny_run, tmp_path):
     assert list(tmp_path.iterdir()) == [], "nothing is written where the command runs"
 
 
-def test_a_model_with_advection_gives_block_matching_from_its_own_pass():
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_a_model_with_advection_gives_block_matching_from_its_own_pass(precision):
     """Scoring does not estimate the motion twice: the model's pass gives block matching's
-    forecast, the one the baseline makes alone (to float rounding)."""
+    forecast, the one the baseline makes alone (to float rounding), also when the network
+    computes in bfloat16: the frames are matched and moved in float32."""
     from nowcast.baselines import BlockMatching, Persistence
     from nowcast.evaluation import _forecast_jobs
     from nowcast.model import EncoderForecaster
@@ -390,13 +435,14 @@ def test_a_model_with_advection_gives_block_matching_from_its_own_pass():
     frames = np.random.default_rng(0).random((2, 4, 32, 32, 1), dtype=np.float32)
     baselines = {"persistence": Persistence(3), "block_matching": BlockMatching(3, 6)}
     for advection, n_jobs in ((True, 2), (False, 3)):
-        model = EncoderForecaster(
-            [dict(stage, downsample_stride=2)],
-            n_out=3,
-            advection=advection,
-            advection_max_speed=6,
-        )
-        model(frames)
+        with dtype_policy(precision):
+            model = EncoderForecaster(
+                [dict(stage, downsample_stride=2)],
+                n_out=3,
+                advection=advection,
+                advection_max_speed=6,
+            )
+            model(frames)
         jobs = _forecast_jobs(model, baselines)
         assert len(jobs) == n_jobs
         forecasts = {name: f for job in jobs for name, f in job(frames).items()}

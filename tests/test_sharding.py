@@ -159,6 +159,24 @@ def test_the_merge_refuses_shards_that_do_not_belong_together(
     assert not (tmp_path / "evaluation").exists()
 
 
+def test_shards_forecast_in_other_precisions_merge_and_say_so(scored, evaluate_config, tmp_path):
+    """`precision=auto` on unlike machines: the counts still add up, and the merge lists every
+    precision the model ran in. Shards written before the precision was recorded ran in
+    float32."""
+    folder = copy_of_the_shards(scored, tmp_path)
+    edit_shard(folder / "shard-0-of-4" / "shard.json", lambda r: r.update(model_precision="x"))
+    edit_shard(folder / "shard-1-of-4" / "shard.json", lambda r: r.pop("model_precision"))
+    cfg = evaluate_config(*scored["options"], f"shards_dir={folder}", "merge=true")
+    record = json.loads((evaluate(cfg).output_dir / "metrics.json").read_text())
+    single = json.loads((scored["single"].output_dir / "metrics.json").read_text())
+    (precision,) = single["model_precision"]
+    assert record["model_precision"] == sorted({"x", "float32", precision})
+    assert f"The model's forward pass in {' and '.join(record['model_precision'])}." in (
+        (tmp_path / "evaluation" / "summary.txt").read_text()
+    )
+    assert record["methods"]["model"]["contingency"] == single["methods"]["model"]["contingency"]
+
+
 def test_shards_need_as_many_windows_and_keep_what_exists(scored, evaluate_config, capsys):
     line = fails_with_one_line(
         lambda: evaluate(evaluate_config(*scored["options"], "shard=0/19")), capsys

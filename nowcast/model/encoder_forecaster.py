@@ -128,7 +128,10 @@ class EncoderForecaster(keras.Model):
         advection_max_speed=DEFAULT_MAX_SPEED,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        # The inputs stay float32 under mixed precision (each layer casts what it takes), so
+        # that the extrapolation matches and moves the frames at full precision: it is then
+        # the same in every precision, and so is `block_matching` scored from the model's pass.
+        super().__init__(autocast=False, **kwargs)
         self.stages = _checked_stages(stages)
         self.n_out = _positive_int(n_out, "n_out")
         self.out_channels = _positive_int(out_channels, "out_channels")
