@@ -123,22 +123,23 @@ def _contingency_counts(forecast, observed: ObservedBatch, *, thresholds, per_sa
     """`contingency_counts` of a forecast from `ObservedBatch.forecast_field`."""
     steps, batch = forecast.shape[:2]
     thresholds = [float(t) for t in thresholds]
+    # (T, B, H, W) fields -> (T, 1, B, H*W), against thresholds (1, K, 1, 1): (T, K, B, H*W).
+    limits = ops.reshape(ops.convert_to_tensor(np.asarray(thresholds, np.float32)), (1, -1, 1, 1))
 
     def count(mask):  # (T, K or 1, B, N) -> (T, K or 1, B)
         return ops.sum(ops.cast(mask, "int32"), axis=-1)
 
     def observed_events():
-        # (T, B, H, W) -> (T, 1, B, H*W), against thresholds (1, K, 1, 1): (T, K, B, H*W).
         observation = ops.reshape(observed.field, (steps, 1, batch, -1))
         valid = ops.reshape(observed.valid, (steps, 1, batch, -1))
-        events = observation >= _thresholds(thresholds)  # NaN compares False
+        events = observation >= limits  # NaN compares False
         return valid, events, count(events), count(valid)
 
     valid, observed_event, observed_count, valid_count = observed.part(
         ("contingency", *thresholds), observed_events
     )
     forecast = ops.reshape(forecast, (steps, 1, batch, -1))
-    forecast_event = (forecast >= _thresholds(thresholds)) & valid
+    forecast_event = (forecast >= limits) & valid
     hits = count(forecast_event & observed_event)
     false_alarms = count(forecast_event) - hits
     misses = observed_count - hits
@@ -147,11 +148,6 @@ def _contingency_counts(forecast, observed: ObservedBatch, *, thresholds, per_sa
     if per_sample:
         return ops.transpose(counts, (2, 0, 1, 3))
     return ops.sum(counts, axis=2)
-
-
-def _thresholds(thresholds: list[float]):
-    """(1, K, 1, 1) float32 thresholds, against (T, 1, B, N) fields."""
-    return ops.reshape(ops.convert_to_tensor(np.asarray(thresholds, np.float32)), (1, -1, 1, 1))
 
 
 def _ratio(numerator, denominator):
@@ -237,7 +233,8 @@ def _error_sums(forecast, observed: ObservedBatch, *, balanced_thresholds, weigh
         valid_pixels = ops.sum(ops.cast(valid, "float64"), axis=(1, 2, 3))
         return observed_values, weight, valid_pixels
 
-    key = ("errors", balanced_thresholds and tuple(balanced_thresholds), tuple(weights))
+    thresholds = None if balanced_thresholds is None else tuple(balanced_thresholds)
+    key = ("errors", thresholds, tuple(weights))
     observed_values, weight, valid_pixels = observed.part(key, observed_terms)
     error = ops.cast(ops.where(valid, forecast - observed_values, 0.0), "float64")
     squared, absolute = ops.square(error), ops.abs(error)

@@ -71,7 +71,7 @@ from nowcast.config import (
     SyntheticConfig,
     config_dir,
 )
-from nowcast.distribute import PRECISIONS, choose_precision
+from nowcast.distribute import PRECISIONS, choose_precision, dtype_policy
 from nowcast.losses import make_loss
 from nowcast.model import build_model
 
@@ -602,17 +602,10 @@ def write_json(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.precision == "auto":
-        precision, reason = choose_precision("auto")
-    else:
-        precision, reason = args.precision, "set by --precision"
+    precision, reason = choose_precision(args.precision, setting="--precision")
     # Restored after, so that a caller in the same process (the tests) keeps its own policy.
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(precision)
-    try:
+    with dtype_policy(precision):
         return run(args, precision, reason)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def run(args: argparse.Namespace, precision: str, reason: str) -> dict:
