@@ -11,6 +11,8 @@ error.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import itertools
 import logging
 import os
@@ -23,16 +25,19 @@ from pathlib import Path
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nowcast.config import config_dir, register_configs
+from nowcast.locks import LockedError, run_lock
 
 log = logging.getLogger("nowcast")
-USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, ValueError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, ValueError, LockedError)
 DATA_COMMANDS = {
     "synthetic": "output=<store.h5> [frames=N] [seed=S] [height=H] [width=W] [overwrite=true]",
-    "convert": "format=<odim|knmi|sevir|store> input=<folder, glob or file> output=<store.h5> "
+    "convert": "format=<odim|knmi|sevir|store|fmi|mch|bom|pysteps> input=<folder, glob or file> "
+    "output=<store.h5> "
     "[crop.height=H crop.width=W [crop.top=T crop.left=L]] [downsample=F] [overwrite=true]",
     "info": "input=<store.h5>",
 }
@@ -174,6 +179,34 @@ def run_hydra_reporting_errors(main: Callable[[], None], command: str) -> None:
         sys.exit(2)
     finally:
         del os.environ["HYDRA_FULL_ERROR"]
+
+
+class RunDirectoryLock(Callback):
+    """Locks the run directory of `nowcast-train` (nowcast.locks) before Hydra writes into it
+    (.hydra/, the log), so that a second training there is refused before it changes anything.
+    `train` takes the same lock again; it is released when the process exits.
+
+    Registered in configs/train.yaml (`hydra.callbacks`); multirun jobs are locked by `train`
+    alone. In a cluster of training tasks (TF_CONFIG, or a SLURM job step of several tasks) it
+    does nothing: there only the chief locks, once TensorFlow has found which task that is.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        if os.environ.get("TF_CONFIG") or int(os.environ.get("SLURM_NTASKS", 0)) > 1:
+            return
+        run_dir = Path(config.hydra.run.dir).absolute()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return  # Hydra fails to make it too, and that is reported in one line
+        held = contextlib.ExitStack()
+        try:
+            held.enter_context(run_lock(run_dir))
+        except LockedError as err:
+            # Hydra turns what a callback raises into a warning and carries on.
+            print(f"nowcast: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        atexit.register(held.close)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -68,7 +69,9 @@ class SyntheticConfig:
 class SplitConfig:
     """Train/validation/test split by contiguous blocks of time, never by shuffled windows."""
 
-    block_hours: float = 24.0
+    # Null: the longest of 24, 12, 6, 4, 3, 2, 1.5, 1, 0.5 h or one window's length that gives
+    # every split its windows (nowcast.data.windows.choose_block_hours); the log says which.
+    block_hours: float | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
 
@@ -93,7 +96,10 @@ class DataConfig:
     """
 
     name: str = MISSING
-    path: str = MISSING
+    # One store, or a list of stores trained on together (nowcast.data.store_set).
+    path: Any = MISSING
+    # Stores held out whole: every window of theirs goes to the test split.
+    holdout: list[str] = field(default_factory=list)
     n_in: int = 5
     n_out: int = 12
     stride: int = 1
@@ -263,15 +269,21 @@ class CropConfig:
 
 @dataclass
 class ConvertCommandConfig:
-    """`nowcast-data convert format=<odim|knmi|sevir|store> input=<...> output=<store.h5>`.
+    """`nowcast-data convert format=<odim|knmi|sevir|store|fmi|mch|bom|pysteps> input=<...>
+    output=<store.h5>`.
 
     See nowcast.data.convert. `quantity` picks the ODIM/KNMI quantity to read (default: the
     first known one in the file); `catalog` is SEVIR's CATALOG.csv (default: found next to or
-    above the input); `minutes_per_frame` is inferred from the timestamps when null. `zr_a`,
-    `zr_b` turn rain rates into dBZ, and dBZ into rain rates for block averaging. Against
-    clutter, before block averaging: `max_rain_mmh` makes pixels above that rain rate no data
-    (masked, not clipped: see nowcast.data.convert), and `min_quality` (ODIM only) makes pixels
-    whose QIND quality field (0-1) is below it no data; null turns either off.
+    above the input). fmi, mch, bom and pysteps are read with pysteps' importers
+    (nowcast.data.importers): `importer` names the importer for format=pysteps,
+    `importer_kwargs` adds keyword arguments of it (`+importer_kwargs.qty=DBZH`), and
+    `fn_pattern` reads the time from file names of that pattern (pysteps' archive format, e.g.
+    radar_%Y%m%d%H%M) instead of from the files. `minutes_per_frame` is inferred from the
+    timestamps when null. `zr_a`, `zr_b` turn rain rates into dBZ, and dBZ into rain rates for
+    block averaging. Against clutter, before block averaging: `max_rain_mmh` makes pixels above
+    that rain rate no data (masked, not clipped: see nowcast.data.convert), and `min_quality`
+    (ODIM only) makes pixels whose QIND quality field (0-1) is below it no data; null turns
+    either off.
     """
 
     format: str = MISSING
@@ -280,6 +292,9 @@ class ConvertCommandConfig:
     overwrite: bool = False
     quantity: str | None = None
     catalog: str | None = None
+    importer: str | None = None
+    importer_kwargs: dict[str, Any] = field(default_factory=dict)
+    fn_pattern: str | None = None
     crop: CropConfig = field(default_factory=CropConfig)
     downsample: int = 1
     minutes_per_frame: float | None = None
@@ -316,6 +331,9 @@ class MetricsConfig:
     fss_threshold_vil: float = 133.0
     fss_scales: list[int] = field(default_factory=lambda: [5, 20])
     bootstrap_samples: int = 1000
+    # Scoring several stores: scorecard.png colours each method's mean CSI minus this one's
+    # (null: optical_flow where it is scored, else the first baseline).
+    scorecard_reference: str | None = None
 
 
 @dataclass
@@ -397,10 +415,12 @@ class PredictConfig:
     """`nowcast-predict run=<run_dir> input=<folder of radar files or a store> [output=<file>]`.
 
     See nowcast.prediction.predict. `format`: the input's (odim, knmi, sevir, store; null:
-    recognised from the files), `quantity`: which ODIM/KNMI quantity to read. `output`: the
-    forecast file (null: nowcast_<issue time>.h5 in the current directory). `plot`: also
-    draw the forecast beside it, gif or mp4 (an animation, plus a still) or png. The model's
-    grid and time step come from `reference_store` (null: the store the run was trained on).
+    recognised from the files; fmi, mch, bom, pysteps: given), `quantity`: which ODIM/KNMI
+    quantity to read; `importer`, `importer_kwargs`, `fn_pattern`: as for `nowcast-data
+    convert`. `output`: the forecast file (null: nowcast_<issue time>.h5 in the current
+    directory). `plot`: also draw the forecast beside it, gif or mp4 (an animation, plus a
+    still) or png. The model's grid and time step come from `reference_store` (null: the store
+    the run was trained on).
     `max_rain_mmh` and `min_quality` mask clutter as `nowcast-data convert` does (pixels above
     that rain rate, or ODIM pixels of lower QIND quality, are no data): give the ones the
     training store was converted with, which the store does not record.
@@ -411,6 +431,9 @@ class PredictConfig:
     output: str | None = None
     format: str | None = None
     quantity: str | None = None
+    importer: str | None = None
+    importer_kwargs: dict[str, Any] = field(default_factory=dict)
+    fn_pattern: str | None = None
     checkpoint: str = "best"
     reference_store: str | None = None
     plot: str | None = None

@@ -52,10 +52,11 @@ from nowcast.config import (
     NormalisationConfig,
 )
 from nowcast.data.pipeline import WindowDataset, WindowReader, select_windows, valid_windows
-from nowcast.data.store import REFLECTIVITY, VIL, open_store
-from nowcast.data.synthetic import resolve_store
+from nowcast.data.store import REFLECTIVITY, VIL
+from nowcast.data.store_set import StoreSet, resolve_stores
 from nowcast.data.windows import ALL_WINDOWS, SPLITS
 from nowcast.distribute import choose_precision, dtype_policy
+from nowcast.locks import output_lock
 from nowcast.memory import keep_freed_memory
 from nowcast.metrics import (
     BALANCED_THRESHOLDS_MMH,
@@ -69,6 +70,7 @@ from nowcast.metrics import (
     VerificationAccumulator,
     bootstrap_mean_difference,
 )
+from nowcast.plotting import plot_scorecard
 from nowcast.sharding import (
     SHARD_FILE,
     SHARD_FORMAT,
@@ -87,6 +89,7 @@ BOOTSTRAP_LEVEL = 0.95
 # little of what another sample of weather could be, and would print a narrow interval.
 MIN_BOOTSTRAP_RUNS = 5
 PIXELS_PER_BATCH = 2**19  # `scoring_batch_size`
+STORES_FOLDER = "stores"  # each store's outputs, when several are scored
 
 
 @dataclass
@@ -174,12 +177,23 @@ def scoring_batch_size(training_batch_size: int, frame_pixels: int) -> int:
 
 @dataclass
 class _Windows:
-    """The windows to score: which store, which start indices, and how they were chosen."""
+    """The windows to score: which stores (those held out whole last), which start indices
+    into them read as one sequence (nowcast.data.store_set.StoreSet), and how they were
+    chosen."""
 
-    store: Path
+    stores: list[Path]
     starts: np.ndarray
     data: DictConfig
     split_from: str
+    holdout: int = 0
+
+    def open(self) -> StoreSet:
+        return StoreSet(self.stores, holdout=self.holdout)
+
+    @property
+    def described(self) -> str:
+        """The stores, for messages and metrics.json."""
+        return ", ".join(str(path) for path in self.stores)
 
 
 def run_baselines(names: list[str], run_cfg: DictConfig) -> dict[str, Callable]:
@@ -240,39 +254,47 @@ def _forecast_jobs(
 
 
 def _windows_from_split_file(split_file: Path, split: str, data_cfg: DictConfig) -> _Windows:
-    """The windows training assigned to `split`, found again in the store by start time."""
+    """The windows training assigned to `split`, found again in the stores by start time."""
     record = json.loads(split_file.read_text())
-    store_path = Path(record["store"])
-    if not store_path.is_file():
-        raise FileNotFoundError(
-            f"the store the run was trained on is missing: {store_path}; put it back, or score "
-            "another store with data=<option> data.path=<store.h5>"
-        )
-    start_times = [t.removesuffix("Z") for t in record["splits"][split]["start_times"]]
+    stores = [Path(path) for path in record.get("stores", [record["store"]])]
+    for store_path in stores:
+        if not store_path.is_file():
+            raise FileNotFoundError(
+                f"a store the run was trained on is missing: {store_path}; put it back, or "
+                "score another store with data=<option> data.path=<store.h5>"
+            )
+    chosen = record["splits"][split]
+    start_times = [t.removesuffix("Z") for t in chosen["start_times"]]
     seconds = np.array(start_times, dtype="datetime64[s]").astype(np.int64)
-    with open_store(store_path) as store:
-        starts = np.searchsorted(store.times, seconds)
-        found = starts < len(store.times)
-        found[found] = store.times[starts[found]] == seconds[found]
+    store_index = np.asarray(chosen.get("store_index", np.zeros(seconds.size)), dtype=np.int64)
+    with StoreSet(stores, holdout=record.get("holdout", 0)) as store_set:
+        starts = np.zeros(seconds.size, np.int64)
+        found = np.zeros(seconds.size, bool)
+        for member, store in enumerate(store_set.members):
+            mine = store_index == member
+            local = np.searchsorted(store.times, seconds[mine])
+            inside = local < len(store.times)
+            inside[inside] = store.times[local[inside]] == seconds[mine][inside]
+            starts[mine], found[mine] = local + store_set.offsets[member], inside
     if not found.all():
         raise ValueError(
-            f"{store_path} no longer holds {int((~found).sum())} of the {split} windows listed "
-            f"in {split_file}: the store changed since training; pass data=<option> "
-            "data.path=<store.h5> to split it anew"
+            f"{', '.join(map(str, stores))} no longer hold {int((~found).sum())} of the {split} "
+            f"windows listed in {split_file}: a store changed since training; pass "
+            "data=<option> data.path=<store.h5> to split it anew"
         )
-    return _Windows(store_path, starts.astype(np.int64), data_cfg, f"{split_file}")
+    return _Windows(stores, starts, data_cfg, f"{split_file}", record.get("holdout", 0))
 
 
 def _windows_from_data_config(data_cfg: DictConfig, split: str) -> _Windows:
-    """The windows of `split` when the store is split by `data_cfg`'s settings, or every valid
-    window of the store for split=all."""
-    store_path = resolve_store(data_cfg)
-    with open_store(store_path) as store:
+    """The windows of `split` when the stores are split by `data_cfg`'s settings, or every
+    valid window of the stores for split=all."""
+    training, holdout = resolve_stores(data_cfg)
+    with StoreSet([*training, *holdout], holdout=len(holdout)) as stores:
         if split == ALL_WINDOWS:
-            starts = valid_windows(store, data_cfg)
+            starts = valid_windows(stores, data_cfg)
         else:
-            starts = select_windows(store, data_cfg).starts[split]
-    return _Windows(store_path, starts, data_cfg, "data config")
+            starts = select_windows(stores, data_cfg).starts[split]
+    return _Windows([*training, *holdout], starts, data_cfg, "data config", len(holdout))
 
 
 def windows_to_score(cfg: DictConfig, run_dir: Path, run_cfg: DictConfig) -> _Windows:
@@ -294,7 +316,7 @@ def windows_to_score(cfg: DictConfig, run_dir: Path, run_cfg: DictConfig) -> _Wi
         windows = _windows_from_data_config(run_cfg.data, cfg.split)
     if windows.starts.size == 0:
         raise ValueError(
-            f"the {cfg.split} split of {windows.store} has no windows; choose another split= "
+            f"the {cfg.split} split of {windows.described} has no windows; choose another split= "
             "or data.split fractions"
         )
     return windows
@@ -399,7 +421,7 @@ def _bootstrap_record(
     if samples == 0:
         return None
     model = accumulators["model"].block_contingency
-    windows_per_run = np.bincount(runs)
+    windows_per_run = np.unique(runs, return_counts=True)[1]
     trusted = windows_per_run.size >= MIN_BOOTSTRAP_RUNS
     return {
         "score": "csi",
@@ -494,7 +516,8 @@ def _describe_windows(split: str, store: str | Path, count: int, data: dict) -> 
 
 def summary_table(record: dict) -> str:
     """Means over lead times, one row per method: CSI, HSS and frequency bias per threshold,
-    then FSS per scale and the error scores."""
+    then FSS per scale and the error scores; for several stores (pooled above), each store's
+    CSI."""
     methods, data, leads = record["methods"], record["data"], record["lead_times_min"]
     width = max(12, *(len(m) for m in methods)) + 2
     lines = [
@@ -523,6 +546,14 @@ def summary_table(record: dict) -> str:
         for m, r in methods.items()
     }
     block("", headers, rows)
+    if "stores" in record:
+        for store in record["stores"].values():
+            held = ", held out" if store["held_out"] else ""
+            block(
+                f"CSI of {Path(store['store']).name} ({store['windows']} windows{held})",
+                thresholds,
+                store["mean_csi"],
+            )
     lines += head_to_head(record)
     return "\n".join(lines)
 
@@ -613,19 +644,23 @@ def _publish(output_dir: Path, write: Callable[[Path], None]) -> None:
 @dataclass
 class _Plan:
     """What a config scores, found without the model: the run's config and checkpoint, the
-    windows and the run of consecutive windows each belongs to (`consecutive_runs`), how they
-    are scored, the methods, and where the outputs go. `header`: the part of metrics.json that
-    says what was scored; `scored`: what a shard records it scored (`_scored`)."""
+    windows, the run of consecutive windows each belongs to (`consecutive_runs`) and the store
+    it lies in (with the stores' first frames in the set and their frame sizes), how they are
+    scored, the methods, and where the outputs go. `header`: the part of metrics.json that says
+    what was scored; `scored`: what a shard records it scored (`_scored`)."""
 
     run_cfg: DictConfig
     checkpoint: Path
     output_dir: Path
     windows: _Windows
     runs: np.ndarray
-    frame_size: tuple[int, int]
+    store_of_window: np.ndarray
+    offsets: np.ndarray
+    frame_sizes: list[tuple[int, int]]
     quantity: str
     scoring: Scoring
     methods: list[str]
+    scorecard_reference: str | None
     header: dict
     scored: dict
 
@@ -656,6 +691,20 @@ def _scored(header: dict, methods: list[str], checkpoint: Path, starts: np.ndarr
     return json.loads(json.dumps(_as_json(scored)))
 
 
+def _output(cfg: DictConfig, shard: Shard | None) -> tuple[Path, str]:
+    """Where the outputs go (`paths.output_dir`, or a shard's folder in `shards_dir`), and the
+    setting that moves them.
+
+    Raises:
+        ValueError: no run given.
+    """
+    if OmegaConf.is_missing(cfg, "run"):
+        raise ValueError("no run given; pass run=<a directory written by nowcast-train>")
+    if shard is None:
+        return _folder(cfg.paths.output_dir), "paths.output_dir"
+    return _folder(cfg.shards_dir) / shard.folder_name, "shards_dir"
+
+
 def _plan(cfg: DictConfig, shard: Shard | None) -> _Plan:
     """Check `cfg` and find what it scores; the outputs go to `paths.output_dir`, or for a
     shard to its folder in `shards_dir`.
@@ -665,15 +714,10 @@ def _plan(cfg: DictConfig, shard: Shard | None) -> _Plan:
         FileExistsError: the output folder exists and `overwrite` is false.
         ValueError: bad settings, or a split without windows.
     """
-    if OmegaConf.is_missing(cfg, "run"):
-        raise ValueError("no run given; pass run=<a directory written by nowcast-train>")
+    output_dir, elsewhere = _output(cfg, shard)
     run_dir = _folder(cfg.run)
     run_cfg = load_run_config(run_dir)
     checkpoint = resolve_checkpoint(run_dir, cfg.checkpoint)
-    if shard is None:
-        output_dir, elsewhere = _folder(cfg.paths.output_dir), "paths.output_dir"
-    else:
-        output_dir, elsewhere = _folder(cfg.shards_dir) / shard.folder_name, "shards_dir"
     if output_dir.exists() and not cfg.overwrite:
         raise FileExistsError(
             f"{output_dir} exists; pass overwrite=true to replace it, or "
@@ -683,31 +727,42 @@ def _plan(cfg: DictConfig, shard: Shard | None) -> _Plan:
     n_in, n_out = run_cfg.data.n_in, run_cfg.data.n_out
     norm = run_cfg.data.normalisation
     _check_bootstrap_settings(cfg.metrics)
-    with open_store(windows.store) as store:
-        height, width = store.shape[1:]
-        minutes_per_frame, quantity = store.minutes_per_frame, store.quantity
+    with windows.open() as stores:
+        frame_sizes, offsets = stores.shapes, stores.offsets
+        minutes_per_frame, quantity = stores.minutes_per_frame, stores.quantity
+        store_of_window = stores.segments[windows.starts]
         runs = consecutive_runs(
-            store.times,
+            stores.times,
             windows.starts,
             window_length=n_in + n_out,
             minutes_per_frame=minutes_per_frame,
-            events=store.events,
+            events=stores.events,
         )
     scoring = scoring_for(quantity, cfg.metrics)
+    several = len(windows.stores) > 1
     header = {
         "run": str(run_dir),
         "checkpoint": str(checkpoint),
         "model": run_cfg.model.name,
         "data": {
             "name": windows.data.name,
-            "store": str(windows.store),
+            "store": windows.described,
+            **(
+                {"stores": [str(p) for p in windows.stores], "holdout": windows.holdout}
+                if several
+                else {}
+            ),
             "quantity": quantity,
             "split": cfg.split,
             "split_from": windows.split_from,
             "windows": int(windows.starts.size),
             "min_valid_fraction": windows.data.min_valid_fraction,
             "valid_fraction_of": windows.data.valid_fraction_of,
-            "frame_size": [height, width],
+            **(
+                {"frame_sizes": [list(size) for size in frame_sizes]}
+                if several
+                else {"frame_size": list(frame_sizes[0])}
+            ),
             "minutes_per_frame": minutes_per_frame,
             "n_in": n_in,
             "n_out": n_out,
@@ -725,16 +780,28 @@ def _plan(cfg: DictConfig, shard: Shard | None) -> _Plan:
         else None,
     }
     methods = list(dict.fromkeys(["model", *cfg.baselines]))
+    reference = cfg.metrics.scorecard_reference
+    if reference is None:
+        baselines = methods[1:]
+        reference = "optical_flow" if "optical_flow" in baselines else next(iter(baselines), None)
+    elif reference not in methods:
+        raise ValueError(
+            f"metrics.scorecard_reference={reference!r} is not scored; choose one of "
+            f"{', '.join(methods)}, or add it to baselines=[...]"
+        )
     return _Plan(
         run_cfg=run_cfg,
         checkpoint=checkpoint,
         output_dir=output_dir,
         windows=windows,
         runs=runs,
-        frame_size=(height, width),
+        store_of_window=store_of_window,
+        offsets=offsets,
+        frame_sizes=frame_sizes,
         quantity=quantity,
         scoring=scoring,
         methods=methods,
+        scorecard_reference=reference,
         header=header,
         # Before the model loads: the digest is of the checkpoint scored.
         scored=_scored(header, methods, checkpoint, windows.starts),
@@ -742,10 +809,10 @@ def _plan(cfg: DictConfig, shard: Shard | None) -> _Plan:
 
 
 def _shard_windows(
-    shard: Shard, windows: _Windows, runs: np.ndarray
-) -> tuple[_Windows, np.ndarray]:
-    """The windows `shard` scores, and their run ids, counted over all windows as a merge
-    counts them.
+    shard: Shard, windows: _Windows, runs: np.ndarray, store_of_window: np.ndarray
+) -> tuple[_Windows, np.ndarray, np.ndarray]:
+    """The windows `shard` scores, their run ids, counted over all windows as a merge counts
+    them, and their stores.
 
     Raises:
         ValueError: fewer windows than shards (a shard would get none).
@@ -759,38 +826,158 @@ def _shard_windows(
     takes = np.zeros(runs.size, bool)
     takes[order[shard.takes(runs.size)]] = True
     log.info("Shard %s: %d of the %d windows", shard, takes.sum(), runs.size)
-    return replace(windows, starts=windows.starts[takes]), runs[takes]
+    return replace(windows, starts=windows.starts[takes]), runs[takes], store_of_window[takes]
+
+
+def _new_accumulators(plan: _Plan, metrics_cfg: MetricsConfig) -> dict:
+    scoring = plan.scoring
+    return {
+        name: VerificationAccumulator(
+            n_lead_times=plan.run_cfg.data.n_out,
+            thresholds=scoring.thresholds,
+            fss_threshold=scoring.fss_threshold,
+            fss_scales=metrics_cfg.fss_scales,
+            balanced_thresholds=BALANCED_THRESHOLDS_MMH if scoring.balanced else None,
+        )
+        for name in plan.methods
+    }
+
+
+def _pooled(per_store: dict[int, dict]) -> dict:
+    """Each method's totals summed over the stores: contingency counts pooled, not scores
+    averaged."""
+    pooled = {}
+    for accumulators in per_store.values():
+        for name, accumulator in accumulators.items():
+            if name not in pooled:
+                pooled[name] = VerificationAccumulator.from_record(accumulator.to_record())
+            else:
+                pooled[name].merge(accumulator)
+    return pooled
+
+
+def _store_record(plan: _Plan, member: int, accumulators: dict, metrics_cfg, precisions) -> dict:
+    """metrics.json of one store of several: the header narrowed to that store."""
+    mine = plan.store_of_window == member
+    path = plan.windows.stores[member]
+    data = {k: v for k, v in plan.header["data"].items() if k not in ("stores", "frame_sizes")}
+    data.update(
+        store=str(path),
+        windows=int(mine.sum()),
+        frame_size=list(plan.frame_sizes[member]),
+        held_out=member >= len(plan.windows.stores) - plan.windows.holdout,
+    )
+    return {
+        **plan.header,
+        "data": data,
+        "model_precision": sorted(set(precisions)),
+        "methods": {name: _method_record(acc) for name, acc in accumulators.items()},
+        "bootstrap": _bootstrap_record(accumulators, metrics_cfg, plan.runs[mine]),
+    }
+
+
+def _store_folder(member: int, path: Path) -> str:
+    """`stores/<n>-<file stem>`: numbered, as two stores may share a name."""
+    return f"{STORES_FOLDER}/{member}-{path.stem}"
 
 
 def _write_evaluation(
-    plan: _Plan, accumulators: dict, metrics_cfg: MetricsConfig, precisions: list[str]
+    plan: _Plan, per_store: dict[int, dict], metrics_cfg: MetricsConfig, precisions: list[str]
 ) -> EvaluationResult:
     """metrics.json, the tables, summary.txt and the plots from the totals of every window;
     `precisions`: the dtype policies the model's forward pass ran in (one, unless merged
-    shards ran in different ones)."""
+    shards ran in different ones). With several stores these are the totals pooled over the
+    stores, each store's outputs go to `stores/<n>-<name>/`, and scorecard.png sets the
+    methods' mean CSI against the reference method's, store by store and pooled."""
+    accumulators = _pooled(per_store)
     record = {
         **plan.header,
         "model_precision": sorted(set(precisions)),
         "methods": {name: _method_record(acc) for name, acc in accumulators.items()},
         "bootstrap": _bootstrap_record(accumulators, metrics_cfg, plan.runs),
     }
+    stores = {}
+    if len(plan.windows.stores) > 1:
+        stores = {
+            _store_folder(member, plan.windows.stores[member]): _store_record(
+                plan, member, per_store[member], metrics_cfg, precisions
+            )
+            for member in sorted(per_store)
+        }
+        record["stores"] = {
+            folder: {
+                "store": store["data"]["store"],
+                "windows": store["data"]["windows"],
+                "held_out": store["data"]["held_out"],
+                "mean_csi": {
+                    name: method["mean_over_lead_times"]["csi"]
+                    for name, method in store["methods"].items()
+                },
+            }
+            for folder, store in stores.items()
+        }
     summary = summary_table(record)
-    _publish(plan.output_dir, lambda folder: _write_outputs(folder, record, summary))
+
+    def write(folder: Path) -> None:
+        _write_outputs(folder, record, summary)
+        for name, store in stores.items():
+            (folder / name).mkdir(parents=True)
+            _write_outputs(folder / name, store, summary_table(store))
+        if stores and plan.scorecard_reference is not None:
+            scorecard = scorecard_values(record, plan.scorecard_reference)
+            plot_scorecard(folder / "scorecard.png", **scorecard)
+
+    _publish(plan.output_dir, write)
     return EvaluationResult(output_dir=plan.output_dir, metrics=record, summary=summary)
 
 
+def scorecard_values(record: dict, reference: str) -> dict:
+    """What `plotting.plot_scorecard` draws from a pooled metrics.json: each method's mean CSI
+    over lead times minus `reference`'s (a scored method), per store and pooled, per
+    threshold."""
+    methods = record["methods"]
+    columns = {
+        f"{folder.split('-', 1)[1]}{' (held out)' if store['held_out'] else ''}": store["mean_csi"]
+        for folder, store in record["stores"].items()
+    }
+    columns["pooled"] = {
+        name: method["mean_over_lead_times"]["csi"] for name, method in methods.items()
+    }
+    shown = [name for name in methods if name != reference]
+    differences = np.array(
+        [
+            [np.asarray(csi[name], float) - np.asarray(csi[reference], float) for name in shown]
+            for csi in columns.values()
+        ]
+    )  # (events, methods, thresholds)
+    return {
+        "differences": differences,
+        "events": list(columns),
+        "methods": shown,
+        "thresholds": [f">={t:g} {record['units']}" for t in record["thresholds"]],
+        "reference": reference,
+    }
+
+
 def _write_shard(
-    plan: _Plan, shard: Shard, accumulators: dict, runs: np.ndarray, precision: str
+    plan: _Plan, shard: Shard, per_store: dict[int, dict], runs: np.ndarray, precision: str
 ) -> EvaluationResult:
     """shard.json: what was scored, which shard, and each method's totals, per-run counts
-    among them (`VerificationAccumulator.to_record`)."""
+    among them (`VerificationAccumulator.to_record`); of several stores, per store."""
     record = {
         "format": SHARD_FORMAT,
         "shard": {"index": shard.index, "count": shard.count, "windows": runs.size},
         "scored": plan.scored,
         "model_precision": precision,
-        "accumulators": {name: acc.to_record() for name, acc in accumulators.items()},
     }
+    totals = {
+        str(member): {name: acc.to_record() for name, acc in accumulators.items()}
+        for member, accumulators in per_store.items()
+    }
+    if len(plan.windows.stores) > 1:
+        record["stores"] = totals
+    else:  # as shards of one store have always been written
+        record["accumulators"] = totals["0"]
     text = json.dumps(_as_json(record))
     _publish(plan.output_dir, lambda folder: (folder / SHARD_FILE).write_text(text))
     summary = (
@@ -801,12 +988,18 @@ def _write_shard(
     return EvaluationResult(output_dir=plan.output_dir, metrics=record, summary=summary)
 
 
+def _shard_stores(record: dict) -> dict[str, dict]:
+    """A shard's totals per store (by its place in the list); a shard of one store holds them
+    under `accumulators`."""
+    return record["stores"] if "stores" in record else {"0": record["accumulators"]}
+
+
 def merge_shards(cfg: DictConfig) -> EvaluationResult:
     """Sum the shards in `cfg.shards_dir` into the outputs one process writes (see the module
     docstring) in `paths.output_dir`.
 
     The merge works out what its own settings score, without the model (run, checkpoint and
-    its content, store, split, windows, thresholds, baselines), and takes the shards only if
+    its content, stores, split, windows, thresholds, baselines), and takes the shards only if
     each scored exactly that and all n are there once. Counts, the per-run counts and so the
     bootstrap interval equal one process's; float sums (errors, FSS) may differ in the last
     bits, being summed in another order. `metrics.bootstrap_samples` is the merge's own.
@@ -820,18 +1013,22 @@ def merge_shards(cfg: DictConfig) -> EvaluationResult:
     plan = _plan(cfg, None)
     folder = _folder(cfg.shards_dir)
     records = check_shards(read_shards(folder), plan.scored, folder)
-    accumulators = {}
-    for method in plan.methods:
-        totals = [VerificationAccumulator.from_record(r["accumulators"][method]) for r in records]
-        for other in totals[1:]:
-            totals[0].merge(other)
-        accumulators[method] = totals[0]
+    per_store: dict[int, dict] = {}
+    for record in records:
+        for member, totals in _shard_stores(record).items():
+            merged = per_store.setdefault(int(member), {})
+            for method in plan.methods:
+                accumulator = VerificationAccumulator.from_record(totals[method])
+                if method in merged:
+                    merged[method].merge(accumulator)
+                else:
+                    merged[method] = accumulator
     log.info("Merged the %d shards in %s", len(records), folder)
     # Shards are scored alike in all that decides what is counted; their precision may differ
     # (auto on unlike machines), and is reported. Shards written before it was recorded ran
     # in float32.
     precisions = [record.get("model_precision", "float32") for record in records]
-    return _write_evaluation(plan, accumulators, cfg.metrics, precisions)
+    return _write_evaluation(plan, per_store, cfg.metrics, precisions)
 
 
 def evaluate(cfg: DictConfig) -> EvaluationResult:
@@ -851,14 +1048,23 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     Raises:
         FileNotFoundError: no such run, checkpoint or store.
         FileExistsError: the output folder exists and `overwrite` is false.
+        LockedError: another process is writing the output folder.
         ValueError: a checkpoint that does not match the run's model, frames the model cannot
             take, or bad settings.
     """
     shard = check_shard_options(cfg.shard, cfg.merge)
-    if cfg.merge:
-        return merge_shards(cfg)
-    keep_freed_memory()
-    return _score(cfg, shard)
+    output_dir, elsewhere = _output(cfg, shard)
+    # One process at a time writes an output folder, from the check that it does not exist to
+    # its publication; a run that is training is read as usual (nowcast.locks). The lock file
+    # goes beside the folder, in the run by default: a missing run is named first.
+    load_run_config(_folder(cfg.run))
+    with output_lock(
+        output_dir, command="nowcast-evaluate", alternative=f"pass {elsewhere}=<another folder>"
+    ):
+        if cfg.merge:
+            return merge_shards(cfg)
+        keep_freed_memory()
+        return _score(cfg, shard)
 
 
 def _score(cfg: DictConfig, shard: Shard | None) -> EvaluationResult:
@@ -866,37 +1072,53 @@ def _score(cfg: DictConfig, shard: Shard | None) -> EvaluationResult:
     precision, reason = choose_precision(cfg.precision, setting="precision")
     plan = _plan(cfg, shard)
     run_cfg, checkpoint, windows, runs = plan.run_cfg, plan.checkpoint, plan.windows, plan.runs
+    store_of_window = plan.store_of_window
     if shard is not None:
-        windows, runs = _shard_windows(shard, windows, runs)
-    n_in, n_out = run_cfg.data.n_in, run_cfg.data.n_out
-    norm = run_cfg.data.normalisation
-    (height, width), quantity, scoring = plan.frame_size, plan.quantity, plan.scoring
+        windows, runs, store_of_window = _shard_windows(shard, windows, runs, store_of_window)
     log.info("The model's forward pass in %s: %s", precision, reason)
-    with dtype_policy(precision):
-        model = load_checkpoint(run_cfg, checkpoint, (height, width, 1))
     baselines = run_baselines(cfg.baselines, run_cfg)
-    jobs = _forecast_jobs(model, baselines)
-    accumulators = {
-        name: VerificationAccumulator(
-            n_lead_times=n_out,
-            thresholds=scoring.thresholds,
-            fss_threshold=scoring.fss_threshold,
-            fss_scales=cfg.metrics.fss_scales,
-            balanced_thresholds=BALANCED_THRESHOLDS_MMH if scoring.balanced else None,
+    models: dict[tuple[int, int], keras.Model] = {}
+    per_store = {}
+    for member in np.unique(store_of_window):
+        mine = store_of_window == member
+        size = plan.frame_sizes[member]
+        if size not in models:  # a model is built for one frame size
+            with dtype_policy(precision):
+                models[size] = load_checkpoint(run_cfg, checkpoint, (*size, 1))
+        per_store[int(member)] = _score_store(
+            cfg,
+            plan,
+            _forecast_jobs(models[size], baselines),
+            store=windows.stores[member],
+            starts=windows.starts[mine] - plan.offsets[member],
+            runs=runs[mine],
         )
-        for name in ["model", *baselines]
-    }
+    if shard is not None:
+        return _write_shard(plan, shard, per_store, runs, precision)
+    return _write_evaluation(plan, per_store, cfg.metrics, [precision])
+
+
+def _score_store(
+    cfg: DictConfig, plan: _Plan, jobs: list[Callable], *, store: Path, starts, runs
+) -> dict:
+    """Each method's totals over the windows at `starts` of one store (`runs`: their runs)."""
+    run_cfg, quantity = plan.run_cfg, plan.quantity
+    norm = run_cfg.data.normalisation
+    accumulators = _new_accumulators(plan, cfg.metrics)
     # NumPy batches read ahead by threads, under any backend: the forecasters take NumPy.
-    reader = WindowReader(windows.store, windows.starts, n_in=n_in, n_out=n_out, norm=norm, seed=0)
+    reader = WindowReader(
+        store, starts, n_in=run_cfg.data.n_in, n_out=run_cfg.data.n_out, norm=norm, seed=0
+    )
+    height, width = reader.frame_shape
     batch_size = cfg.batch_size or scoring_batch_size(run_cfg.data.batch_size, height * width)
     dataset = WindowDataset(reader, batch_size=batch_size)
     log.info(
         "Scoring %s, %d at a time",
-        _describe_windows(cfg.split, windows.store, windows.starts.size, windows.data),
+        _describe_windows(cfg.split, store, starts.size, plan.windows.data),
         batch_size,
     )
     progress = keras.utils.Progbar(
-        windows.starts.size, verbose=1 if cfg.progress else 0, unit_name="window"
+        starts.size, verbose=1 if cfg.progress else 0, unit_name="window"
     )
     scored = 0
     # The forecasters of a batch run side by side, and each is scored as soon as it is done:
@@ -918,7 +1140,4 @@ def _score(cfg: DictConfig, shard: Shard | None) -> EvaluationResult:
                     )
             scored += len(inputs)
             progress.add(len(inputs))
-
-    if shard is not None:
-        return _write_shard(plan, shard, accumulators, runs, precision)
-    return _write_evaluation(plan, accumulators, cfg.metrics, [precision])
+    return accumulators

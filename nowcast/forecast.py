@@ -3,12 +3,14 @@ run's forecast of one window, its values in the units people read, and its pictu
 
 Both commands run every check before anything is written, and write files under temporary
 names that are renamed when complete (nowcast.io), so a failure leaves nothing behind; nothing
-existing is replaced without `overwrite=true`.
+existing is replaced without `overwrite=true`, not even a file that another process wrote
+after the check (`refusing_existing`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,22 @@ def refuse_existing(paths: list[Path], overwrite: bool, hint: str) -> None:
     """A FileExistsError naming those of `paths` that exist, unless `overwrite`."""
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} exists; pass overwrite=true or {hint}")
+        raise _exists_error(existing, hint)
+
+
+@contextlib.contextmanager
+def refusing_existing(hint: str) -> Iterator[None]:
+    """Give a file that another process published between `refuse_existing`'s check and this
+    block's write (the FileExistsError of `nowcast.io.publish_new`, which names it) the error
+    that the check would have given."""
+    try:
+        yield
+    except FileExistsError as err:
+        raise _exists_error([err.filename], hint) from None
+
+
+def _exists_error(paths: list[str], hint: str) -> FileExistsError:
+    return FileExistsError(f"{', '.join(paths)} exists; pass overwrite=true or {hint}")
 
 
 def display_units(quantity: str, units: str | None) -> str:
@@ -98,17 +115,27 @@ def forecast_window(
 
 
 def write_pictures(
-    sequence: ForecastSequence, stem: Path, fmt: str, *, fps: float, max_lead_times: int
+    sequence: ForecastSequence,
+    stem: Path,
+    fmt: str,
+    *,
+    fps: float,
+    max_lead_times: int,
+    replace: bool,
 ) -> list[Path]:
-    """The animation (gif or mp4) and the still (png) of `sequence`, or only the still."""
+    """The animation (gif or mp4) and the still (png) of `sequence`, or only the still.
+
+    Raises:
+        FileExistsError: one exists and `replace` is false (`nowcast.io.publish_new`).
+    """
     paths = []
     if fmt in ANIMATION_FORMATS:
         path = stem.with_suffix(f".{fmt}")
-        with written_atomically(path) as temporary:
+        with written_atomically(path, replace=replace) as temporary:
             animate_forecast(temporary, sequence, fps=fps)
         paths.append(path)
     path = stem.with_suffix(f".{STILL_FORMAT}")
-    with written_atomically(path) as temporary:
+    with written_atomically(path, replace=replace) as temporary:
         plot_forecast_grid(temporary, sequence, max_lead_times=max_lead_times)
     paths.append(path)
     return paths

@@ -19,7 +19,6 @@ from omegaconf import DictConfig
 
 from nowcast.checkpoints import load_checkpoint, load_run_config, resolve_checkpoint
 from nowcast.data.sources import iso
-from nowcast.data.store import open_store
 from nowcast.data.windows import ALL_WINDOWS, window_means
 from nowcast.evaluation import plot_scores_versus_lead_time, run_baselines, windows_to_score
 from nowcast.forecast import (
@@ -30,6 +29,7 @@ from nowcast.forecast import (
     file_stamp,
     forecast_window,
     refuse_existing,
+    refusing_existing,
     require,
     write_pictures,
 )
@@ -171,7 +171,7 @@ def plot_run(cfg: DictConfig) -> PlotResult:
     windows = windows_to_score(cfg, run_dir, run_cfg)
     n_in, n_out = run_cfg.data.n_in, run_cfg.data.n_out
     norm = run_cfg.data.normalisation
-    with open_store(windows.store) as store:
+    with windows.open() as store:
         quantity, minutes_per_frame = store.quantity, store.minutes_per_frame
         units = display_units(quantity, cfg.units)
         wet = store.wet_fraction(run_cfg.data.wet_threshold)
@@ -184,6 +184,7 @@ def plot_run(cfg: DictConfig) -> PlotResult:
         start = int(windows.starts[index])
         frames = store.read(start, start + n_in + n_out)  # (T, H, W), store units
         issue_time = int(store.times[start + n_in - 1])
+        store_name = store.paths[store.locate(start)[0]].name
     log.info(
         "Drawing %s window %d of %d, issued %s%s",
         cfg.split,
@@ -195,9 +196,8 @@ def plot_run(cfg: DictConfig) -> PlotResult:
     output_dir = Path(cfg.paths.output_dir).expanduser().absolute()
     stem = output_dir / f"forecast_{file_stamp(issue_time)}"
     formats = [cfg.format, STILL_FORMAT] if cfg.format != STILL_FORMAT else [STILL_FORMAT]
-    refuse_existing(
-        [stem.with_suffix(f".{f}") for f in formats], cfg.overwrite, "sample=<another window>"
-    )
+    hint = "sample=<another window>"
+    refuse_existing([stem.with_suffix(f".{f}") for f in formats], cfg.overwrite, hint)
 
     model = load_checkpoint(run_cfg, checkpoint, (*frames.shape[1:], 1))
     normalised = normalise(frames, norm)  # NaN (no data) stays NaN
@@ -212,13 +212,19 @@ def plot_run(cfg: DictConfig) -> PlotResult:
         issue_time=issue_time,
         minutes_per_frame=minutes_per_frame,
         unit=units,
-        caption=f"{cfg.split} window {index} of {windows.store.name} · run {run_dir} · "
+        caption=f"{cfg.split} window {index} of {store_name} · run {run_dir} · "
         f"checkpoint {checkpoint.name}",
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    files = write_pictures(
-        sequence, stem, cfg.format, fps=cfg.fps, max_lead_times=cfg.max_lead_times
-    )
+    with refusing_existing(hint):
+        files = write_pictures(
+            sequence,
+            stem,
+            cfg.format,
+            fps=cfg.fps,
+            max_lead_times=cfg.max_lead_times,
+            replace=cfg.overwrite,
+        )
     evaluation = Path(cfg.evaluation).expanduser().absolute()
     skill_files = []
     if (evaluation / "metrics.json").is_file():

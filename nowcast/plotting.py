@@ -402,3 +402,62 @@ def plot_forecast_grid(
     _decorate(figure, sequence, bar, key, image)
     figure.suptitle(sequence.issued(), fontsize=12)
     figure.savefig(path, dpi=dpi, format=STILL_FORMAT)
+
+
+def plot_scorecard(
+    path: Path,
+    *,
+    differences: np.ndarray,
+    events: list[str],
+    methods: list[str],
+    thresholds: list[str],
+    reference: str,
+) -> None:
+    """A scorecard, as WeatherBench 2 draws models against a baseline: one panel per event
+    (and the pooled one), a row per method and a column per threshold, each cell coloured by
+    the method's mean CSI minus the reference method's (blue: better, red: worse) and labelled
+    with it. The colours span the largest difference, so the sign always reads.
+
+    Args:
+        path: the PNG to write.
+        differences: (events, methods, thresholds) mean CSI over lead times minus the
+            reference's; NaN (no rain that heavy) is drawn grey.
+        events, methods, thresholds: the labels of the three axes.
+        reference: the method every difference is taken against.
+    """
+    differences = np.asarray(differences, dtype=float)
+    expected = (len(events), len(methods), len(thresholds))
+    if differences.shape != expected:
+        raise ValueError(
+            f"differences must be (events, methods, thresholds) = {expected}, "
+            f"Received: shape={differences.shape}"
+        )
+    span = float(np.nanmax(np.abs(differences), initial=0.0)) or 0.01
+    colour_map = ListedColormap(
+        ["#b2182b", "#d6604d", "#f4a582", "#fddbc7", "#f7f7f7", "#d1e5f0", "#92c5de",
+         "#4393c3", "#2166ac"]
+    ).with_extremes(bad=NO_DATA_COLOUR)  # fmt: skip
+    columns = min(len(events), 3)
+    rows = math.ceil(len(events) / columns)
+    figure = Figure(
+        figsize=(columns * (1.2 + 0.9 * len(thresholds)), rows * (0.9 + 0.45 * len(methods))),
+        layout="constrained",
+    )
+    FigureCanvasAgg(figure)
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for ax, event, values in zip(axes, events, differences, strict=False):
+        image = ax.imshow(
+            np.ma.masked_invalid(values), cmap=colour_map, vmin=-span, vmax=span, aspect="auto"
+        )
+        for (row, column), value in np.ndenumerate(values):
+            if not np.isnan(value):
+                ax.text(column, row, f"{value:+.3f}", ha="center", va="center", fontsize=8)
+        ax.set_title(event, fontsize=9)
+        ax.set_xticks(range(len(thresholds)), thresholds, fontsize=7, rotation=30)
+        ax.set_yticks(range(len(methods)), [_display_name(m) for m in methods], fontsize=8)
+    for ax in axes[len(events) :]:
+        ax.set_visible(False)
+    figure.colorbar(
+        image, ax=axes[: len(events)].tolist(), label=f"mean CSI minus {_display_name(reference)}"
+    )
+    figure.savefig(path, dpi=100)

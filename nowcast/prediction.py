@@ -1,12 +1,12 @@
 """`nowcast-predict`: the operational forecast from the newest frames of radar files or a store.
 
-`predict(cfg)` reads the newest n_in frames of a folder of radar files (ODIM_H5, KNMI, SEVIR)
-or of a store, checks that they follow each other at the run's time step and lie on the grid
-the model was trained on (radar files on the grid the training store was cropped and
-downsampled from are cropped and downsampled the same way) or, for a fully convolutional model,
-have its pixel size (to 1 %): those are forecast on their own grid, cropped to its centre so
-that the downsample strides divide its sides. It forecasts n_out frames and writes them in
-physical units to an HDF5 file:
+`predict(cfg)` reads the newest n_in frames of a folder of radar files (ODIM_H5, KNMI, SEVIR;
+with format=, any format `nowcast-data convert` reads) or of a store, checks that they follow
+each other at the run's time step and lie on the grid the model was trained on (radar files
+on the grid the training store was cropped and downsampled from are cropped and downsampled
+the same way) or, for a fully convolutional model, have its pixel size (to 1 %): those are
+forecast on their own grid, cropped to its centre so that the downsample strides divide its
+sides. It forecasts n_out frames and writes them in physical units to an HDF5 file:
 
     /                     attrs: nowcast_forecast_version = 1, quantity ("RATE": rain rate, or
                           "VIL"), units ("mm/h" or "VIL level"), issue_time (UTC, ISO 8601:
@@ -48,11 +48,18 @@ from nowcast.data.convert import (
     read_capped,
     regrid_like,
     regridded,
-    same_grid_value,
     source_grid,
 )
-from nowcast.data.sources import SourceError, SourceFrame, find_inputs, iso, open_hdf5
+from nowcast.data.sources import (
+    SourceError,
+    SourceFrame,
+    find_inputs,
+    iso,
+    open_hdf5,
+    same_grid_value,
+)
 from nowcast.data.store import REFLECTIVITY, VIL, open_store
+from nowcast.data.store_set import configured_paths
 from nowcast.evaluation import to_physical
 from nowcast.forecast import (
     RUN_HINT,
@@ -62,6 +69,7 @@ from nowcast.forecast import (
     file_stamp,
     forecast_window,
     refuse_existing,
+    refusing_existing,
     require,
     write_pictures,
 )
@@ -111,7 +119,7 @@ def model_grid(run_dir: Path, reference_store: str | None, run_cfg: DictConfig) 
     elif (run_dir / "split.json").is_file():
         path = Path(json.loads((run_dir / "split.json").read_text())["store"])
     else:
-        path = Path(run_cfg.data.path).expanduser().absolute()
+        path = Path(configured_paths(run_cfg.data)[0][0]).expanduser().absolute()
     if not path.is_file():
         raise FileNotFoundError(
             f"the store the run was trained on is missing: {path}; nowcast-predict takes the "
@@ -305,13 +313,15 @@ def read_latest_frames(
     """The newest `count` frames of `source.input`, checked and put on a grid the model takes.
 
     Args:
-        source: input (a file, folder or glob), quantity (of ODIM/KNMI files, or None), and
+        source: input (a file, folder or glob), quantity (of ODIM/KNMI files, or None),
+            importer, importer_kwargs and fn_pattern (of the formats read through pysteps), and
             the clutter masks of `nowcast-data convert`: max_rain_mmh (pixels above that rain
             rate are no data) and min_quality (ODIM pixels of lower QIND are no data), each
             None for none.
         grid: the model's grid and time step.
         count: how many frames the model takes (its n_in).
-        fmt: the input's format (odim, knmi, sevir, store), or None to recognise it.
+        fmt: the input's format (one of nowcast-data convert's), or None to recognise it
+            (odim, knmi, sevir or store).
 
     Raises:
         FileNotFoundError: no input files.
@@ -327,6 +337,9 @@ def read_latest_frames(
         input=source.input,
         quantity=source.quantity,
         catalog=None,
+        importer=source.importer,
+        importer_kwargs=source.importer_kwargs,
+        fn_pattern=source.fn_pattern,
         zr_a=a,
         zr_b=b,
         min_quality=source.min_quality,
@@ -512,7 +525,8 @@ def predict(cfg: DictConfig) -> PredictResult:
         pictures = [stem.with_suffix(f".{cfg.plot}")]
         if cfg.plot != STILL_FORMAT:
             pictures.append(stem.with_suffix(f".{STILL_FORMAT}"))
-    refuse_existing([output, *pictures], cfg.overwrite, "output=<another file>")
+    hint = "output=<another file>"
+    refuse_existing([output, *pictures], cfg.overwrite, hint)
     log.info(
         "Forecasting from %d frames up to %s, issued %s", n_in, latest.labels[-1], iso(issue_time)
     )
@@ -528,7 +542,10 @@ def predict(cfg: DictConfig) -> PredictResult:
     valid_times = issue_time + step_s * np.arange(1, n_out + 1, dtype=np.int64)
     output.parent.mkdir(parents=True, exist_ok=True)
     # The forecast file is renamed into place last, once the pictures are written too.
-    with written_atomically(output) as temporary:
+    with (
+        refusing_existing(hint),
+        written_atomically(output, replace=cfg.overwrite) as temporary,
+    ):
         write_forecast(
             temporary,
             forecast=forecast,
@@ -557,7 +574,12 @@ def predict(cfg: DictConfig) -> PredictResult:
                 caption=f"run {run_dir} · checkpoint {checkpoint.name} · input {cfg.input}",
             )
             write_pictures(
-                sequence, stem, cfg.plot, fps=cfg.fps, max_lead_times=cfg.max_lead_times
+                sequence,
+                stem,
+                cfg.plot,
+                fps=cfg.fps,
+                max_lead_times=cfg.max_lead_times,
+                replace=cfg.overwrite,
             )
     return PredictResult(
         path=output,

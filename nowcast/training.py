@@ -62,9 +62,13 @@ from nowcast.checkpoints import (
     resolve_checkpoint,
 )
 from nowcast.config import TrainConfig, read_saved_config
-from nowcast.data.pipeline import WindowReader, input_batches, select_windows
-from nowcast.data.store import Store, open_store
-from nowcast.data.synthetic import resolve_store
+from nowcast.data.pipeline import (
+    WindowReader,
+    concatenate_batches,
+    input_batches,
+    select_windows,
+)
+from nowcast.data.store_set import StoreSet, resolve_stores
 from nowcast.distribute import (
     check_global_batch,
     choose_precision,
@@ -80,6 +84,7 @@ from nowcast.io import (
     write_text_atomically,
     written_atomically,
 )
+from nowcast.locks import run_lock
 from nowcast.losses import make_loss
 from nowcast.model import build_model, frame_multiple
 
@@ -110,16 +115,30 @@ class TrainResult:
     model: keras.Model
 
 
-def write_split(path: Path, store: Store, splits: dict[str, np.ndarray]) -> None:
-    """Record which windows went to which split, by the UTC time of their first frame."""
+def write_split(
+    path: Path, stores: StoreSet, splits: dict[str, np.ndarray], block_hours: float | None
+) -> None:
+    """Record which windows went to which split, by the UTC time of their first frame, and for
+    a run on several stores by the store (its place in `stores`) they lie in."""
 
     def iso(seconds: int) -> str:
         return datetime.fromtimestamp(int(seconds), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
+    several = len(stores.members) > 1
     record = {
-        "store": str(store.path),
+        "store": str(stores.paths[0]),
+        **(
+            {"stores": [str(p) for p in stores.paths], "holdout": stores.holdout}
+            if several
+            else {}
+        ),
+        "block_hours": block_hours,
         "splits": {
-            name: {"windows": len(starts), "start_times": [iso(store.times[s]) for s in starts]}
+            name: {
+                "windows": len(starts),
+                "start_times": [iso(stores.times[s]) for s in starts],
+                **({"store_index": stores.segments[starts].tolist()} if several else {}),
+            }
             for name, starts in splits.items()
         },
     }
@@ -407,6 +426,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
             run's own.
 
     Raises:
+        LockedError: another process holds the run directory.
         NonFiniteLossError: the loss became NaN or infinite; the checkpoints and the backup
             are those of the last good state.
     """
@@ -414,10 +434,15 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
     strategy = make_strategy(cfg.trainer.strategy)
     run_dir = Path(cfg.paths.output_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
-    state, saved_cfg = start_state(run_dir, cfg)
-    policy, reason = choose_precision(cfg.trainer.precision)
-    log.info("Precision %s: %s", policy, reason)
-    with dtype_policy(policy), contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
+        # The run directory is the chief's alone from here on, before anything in it is read
+        # or written (nowcast.locks).
+        if is_chief(strategy):
+            stack.enter_context(run_lock(run_dir))
+        state, saved_cfg = start_state(run_dir, cfg)
+        policy, reason = choose_precision(cfg.trainer.precision)
+        log.info("Precision %s: %s", policy, reason)
+        stack.enter_context(dtype_policy(policy))
         if strategy is not None:
             stack.enter_context(strategy.scope())
         write_dir = run_dir
@@ -442,13 +467,23 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
             log.info("Removed %s, left by an interrupted write", leftover)
     keras.utils.set_random_seed(trainer_cfg.seed)
     check_global_batch(data_cfg.batch_size, num_replicas(strategy))
-    store_path = resolve_store(data_cfg)
-    with open_store(store_path) as store:
-        height, width = store.shape[1:]
-        check_patch_size(data_cfg.patch_size, cfg.model, (height, width))
-        selection = select_windows(store, data_cfg)
+    training_paths, holdout_paths = resolve_stores(data_cfg)
+    store_paths = [*training_paths, *holdout_paths]
+    with StoreSet(store_paths, holdout=len(holdout_paths)) as stores:
+        shapes = stores.shapes
+        height, width = shapes[0]
+        if stores.frame_shape is None and data_cfg.patch_size is None:
+            raise ValueError(
+                f"the stores of data.path come on grids of different sizes "
+                f"({', '.join(f'{h} x {w}' for h, w in shapes)}); train on patches of them: "
+                "set data.patch_size=<pixels>, e.g. 128"
+            )
+        for shape in shapes:
+            check_patch_size(data_cfg.patch_size, cfg.model, shape)
+        selection = select_windows(stores, data_cfg)
         splits = selection.starts
-        write_split(run_dir / "split.json", store, splits)
+        write_split(run_dir / "split.json", stores, splits, selection.block_hours)
+        val_store = stores.segments[splits["val"]]
     write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     _truncate_metrics(run_dir / "metrics.csv", state.epoch)
     log.info("Windows per split: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
@@ -456,7 +491,7 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
     def windows(starts, batch_size, *, weights=None, training=False, positions=None):
         # In the given order: training windows come in `window_order`.
         reader = WindowReader(
-            store_path,
+            store_paths,
             starts,
             n_in=data_cfg.n_in,
             n_out=data_cfg.n_out,
@@ -495,10 +530,18 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
     # With validation_steps, the same windows every epoch, so losses compare across epochs,
     # spread evenly over the split: the first ones would be a few hours of one day's weather.
     validation_count = (trainer_cfg.validation_steps or len(splits["val"])) * batch
-    validation = windows(evenly_spaced(splits["val"], validation_count), batch)
+    chosen = np.isin(splits["val"], evenly_spaced(splits["val"], validation_count))
+    # Whole frames of stores on different grids cannot share a batch: one stretch per store.
+    validation = concatenate_batches(
+        [
+            windows(splits["val"][chosen & (val_store == member)], batch)
+            for member in np.unique(val_store[chosen])
+        ]
+    )
     images = None
     if trainer_cfg.image_samples and keras.backend.backend() == "tensorflow":
-        samples = splits["val"][: trainer_cfg.image_samples]
+        first_store = splits["val"][val_store == val_store[0]]
+        samples = first_store[: trainer_cfg.image_samples]
         inputs, targets = next(iter(windows(samples, len(samples))))
         images = (keras.ops.convert_to_numpy(inputs), keras.ops.convert_to_numpy(targets))
 
@@ -628,6 +671,13 @@ def _restore(model: keras.Model, weights: Path) -> None:
         with h5py.File(weights, "r"):
             pass
     except OSError as err:
+        if not weights.exists():
+            raise FileNotFoundError(
+                f"the backup {weights} was removed while this run started (another process "
+                "wrote a newer backup, or deleted it); make sure that no other process writes "
+                "the run directory, then run the command again to continue from the backup "
+                "there now"
+            ) from None
         raise ValueError(
             f"the backup {weights} is truncated or corrupt ({err}); delete the run's backup "
             "folder to train it again from the start, or choose another hydra.run.dir"

@@ -200,7 +200,7 @@ def test_split_all_scores_every_valid_window_of_another_store(tiny_run, evaluate
     path = write_store(tmp_path / "day.h5", frames, np.arange(14) * 300, grid={},
                        minutes_per_frame=5)  # fmt: skip
     overrides = [f"run={tiny_run}", "data=knmi", f"data.path={path}", "baselines=[persistence]"]
-    with pytest.raises(ValueError, match="split 'val' received no windows"):
+    with pytest.raises(ValueError, match="split 'val' receives too few windows"):
         evaluate(evaluate_config(*overrides))
     result = evaluate(evaluate_config(*overrides, "split=all"))
     # Windows of 3 + 3 frames: 9 starts; those holding the empty frame have 5/6 of the coverage.

@@ -2,8 +2,9 @@
 
 Steps, each with one-line errors that name the file (see nowcast.data.sources):
 
-1. Find the input files (a file, a folder of HDF5 files, or a glob) and read each one's frame
-   times, quantity and grid, without reading pixels.
+1. Find the input files (a file, a folder of the format's files, or a glob) and read each
+   one's frame times, quantity and grid, without reading pixels (but the first file's, for the
+   formats read through pysteps: see nowcast.data.importers).
 2. Check that every frame has the quantity and grid of the first one.
 3. Infer the time step (the most common step between frames, in whole minutes) unless
    `minutes_per_frame` is given, and round scan times to that step on the clock (radar
@@ -39,15 +40,22 @@ from typing import Any
 import numpy as np
 
 from nowcast.config import ConvertCommandConfig, CropConfig
-from nowcast.data import knmi, odim, sevir
-from nowcast.data.sources import SourceError, SourceFrame, find_inputs, iso
+from nowcast.data import importers, knmi, odim, sevir
+from nowcast.data.sources import (
+    HDF5_SUFFIXES,
+    SourceError,
+    SourceFrame,
+    check_same_source,
+    find_inputs,
+    iso,
+)
 from nowcast.data.store import REFLECTIVITY, VIL, Store, StoreWriter
 from nowcast.data.windows import check_positive_int
 from nowcast.units import dbz_to_rain, rain_to_dbz
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("odim", "knmi", "sevir", "store")
+FORMATS = ("odim", "knmi", "sevir", "store", *importers.FORMAT_IMPORTERS)
 _QUANTITY_OPTIONS = {"odim": tuple(odim.QUANTITY_UNITS), "knmi": knmi.QUANTITIES}
 _GRID_OWN_KEYS = ("projdef", "xsize", "ysize", "xscale", "yscale")
 _CROP_KEYS = ("crop_top", "crop_left", "downsample", "source_xsize", "source_ysize")
@@ -89,10 +97,26 @@ def _read_store_frame(store: Store, index: int) -> np.ndarray:
 
 
 def _scanner(cfg: Any, *, min_quality: float | None = None) -> Callable[[Path], list[SourceFrame]]:
-    """The reader of `cfg.format`, with its options bound (`min_quality`: ODIM only)."""
+    """The reader of `cfg.format`, with its options bound (`min_quality`: ODIM only;
+    `importer`, `importer_kwargs`, `fn_pattern`: the formats read through pysteps)."""
     if cfg.format not in FORMATS:
         raise ValueError(
             f"unknown format, allowed: {', '.join(FORMATS)}. Received: format={cfg.format!r}"
+        )
+    pysteps_options = {
+        key: value
+        for key, value in (
+            ("importer", cfg.importer),
+            ("importer_kwargs", cfg.importer_kwargs or None),
+            ("fn_pattern", cfg.fn_pattern),
+        )
+        if value is not None
+    }
+    if pysteps_options and cfg.format not in importers.FORMAT_IMPORTERS:
+        raise ValueError(
+            f"{', '.join(pysteps_options)} set how the formats read through pysteps "
+            f"({', '.join(importers.FORMAT_IMPORTERS)}) are read, not format={cfg.format}; drop "
+            f"{'them' if len(pysteps_options) > 1 else 'it'}"
         )
     allowed = _QUANTITY_OPTIONS.get(cfg.format, ())
     if cfg.quantity is not None and cfg.quantity not in allowed:
@@ -110,6 +134,14 @@ def _scanner(cfg: Any, *, min_quality: float | None = None) -> Callable[[Path], 
             f"min_quality is a QIND quality index from 0 to 1, Received: min_quality={min_quality}"
         )
     zr = {"zr_a": cfg.zr_a, "zr_b": cfg.zr_b}
+    if cfg.format in importers.FORMAT_IMPORTERS:
+        return importers.PystepsReader(
+            cfg.format,
+            cfg.importer,
+            importer_kwargs=cfg.importer_kwargs,
+            fn_pattern=cfg.fn_pattern,
+            **zr,
+        )
     if cfg.format == "odim":
         return partial(odim.scan_odim, quantity=cfg.quantity, min_quality=min_quality, **zr)
     if cfg.format == "knmi":
@@ -120,44 +152,17 @@ def _scanner(cfg: Any, *, min_quality: float | None = None) -> Callable[[Path], 
     return _scan_store
 
 
-def same_grid_value(a: Any, b: Any, rtol: float = 1e-9) -> bool:
-    """Whether two values of one grid attribute agree: strings exactly, numbers and arrays of
-    one shape to `rtol`."""
-    if isinstance(a, str) or isinstance(b, str):
-        return a == b
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return a.shape == b.shape and np.allclose(a, b, rtol=rtol, atol=0.0)
+def _suffixes(cfg: Any) -> tuple[str, ...]:
+    """The file-name endings a folder input= of `cfg.format` is searched for."""
+    if cfg.format in importers.FORMAT_IMPORTERS:
+        return importers.suffixes(importers.importer_name(cfg.format, cfg.importer))
+    return HDF5_SUFFIXES
 
 
 def _check_consistent(frames: list[SourceFrame]) -> None:
     """Every frame has the first frame's quantity, shape and grid description."""
-    first = frames[0]
     for frame in frames[1:]:
-        if frame.quantity != first.quantity:
-            raise SourceError(
-                f"{frame.label} holds {frame.quantity}, but {first.label} holds "
-                f"{first.quantity}; convert one quantity at a time"
-            )
-        if frame.shape != first.shape:
-            raise SourceError(
-                f"{frame.label}: grid of {frame.shape[0]}x{frame.shape[1]} pixels differs from "
-                f"the {first.shape[0]}x{first.shape[1]} of {first.label}; convert files of one "
-                "grid at a time"
-            )
-        if frame.grid is first.grid:
-            continue
-        keys = sorted(set(frame.grid) | set(first.grid))
-        for key in keys:
-            if key not in frame.grid or key not in first.grid:
-                raise SourceError(
-                    f"{frame.label}: grid attribute {key} is in only one of this file and "
-                    f"{first.label}; convert files of one grid at a time"
-                )
-            if not same_grid_value(frame.grid[key], first.grid[key]):
-                raise SourceError(
-                    f"{frame.label}: grid {key}={frame.grid[key]!r} differs from "
-                    f"{first.grid[key]!r} in {first.label}; convert files of one grid at a time"
-                )
+        check_same_source(frame, frames[0])
 
 
 def _time_step(frames: list[SourceFrame], minutes_per_frame: float | None) -> int:
@@ -352,8 +357,8 @@ def convert(cfg: ConvertCommandConfig) -> ConvertResult:
 
     Args:
         cfg: the `nowcast-data convert` config: format, input, output, overwrite, quantity,
-            catalog, crop, downsample, minutes_per_frame, zr_a, zr_b, max_rain_mmh,
-            min_quality.
+            catalog, importer, importer_kwargs, fn_pattern, crop, downsample,
+            minutes_per_frame, zr_a, zr_b, max_rain_mmh, min_quality.
 
     Returns:
         What was written.
@@ -367,7 +372,7 @@ def convert(cfg: ConvertCommandConfig) -> ConvertResult:
     output = Path(cfg.output).expanduser()
     if output.exists() and not cfg.overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=true to replace it")
-    inputs = find_inputs(cfg.input)
+    inputs = find_inputs(cfg.input, _suffixes(cfg))
     log.info("Reading the times of %d file(s) from %s", len(inputs), cfg.input)
     frames = scan(inputs[0])
     if not frames:
@@ -441,14 +446,15 @@ def ordered_frames(cfg: Any, step_s: int) -> tuple[list[SourceFrame], np.ndarray
     """The frames of `cfg.input` in store order, with their times (s), as `convert` orders them.
 
     Used by `nowcast-predict` to find the newest frames. `cfg` holds format, input, quantity,
-    catalog, zr_a, zr_b and min_quality as for convert; times are snapped to `step_s` (except
-    in SEVIR events) and duplicates skipped. No pixel is read.
+    catalog, importer, importer_kwargs, fn_pattern, zr_a, zr_b and min_quality as for convert;
+    times are snapped to `step_s` (except in SEVIR events) and duplicates skipped. No pixel is
+    read (but the first file's, for the formats read through pysteps).
 
     Raises:
         FileNotFoundError: no input. SourceError: a file that cannot be read, or no frames.
     """
     scan = _scanner(cfg, min_quality=cfg.min_quality)
-    frames = [frame for path in find_inputs(cfg.input) for frame in scan(path)]
+    frames = [frame for path in find_inputs(cfg.input, _suffixes(cfg)) for frame in scan(path)]
     if not frames:
         raise SourceError(f"no frames found in {cfg.input}")
     frames, times, _ = _order(frames, step_s)

@@ -4,7 +4,9 @@ Layout read (REFERENCES.md section 4)::
 
     /what                 date (YYYYMMDD), time (HHMMSS): the nominal time of the product
     /where                projdef, xsize, ysize, xscale, yscale (m), LL_lon, LL_lat, UL_...,
-                          UR_..., LR_... (also accepted in /dataset1/where)
+                          UR_..., LR_... (also accepted in /dataset1/where); where xscale or
+                          yscale is missing (RMI's composites), both come from projdef and
+                          the corners, with pyproj: the outer corners of the corner pixels
     /datasetN/what        startdate, starttime, enddate, endtime (and, in some products, the
                           scaling attributes below)
     /datasetN/dataM/what  quantity (DBZH, TH, RATE, ACRR), gain, offset, nodata, undetect
@@ -47,10 +49,14 @@ from nowcast.data.sources import (
     parse_time,
     physical_to_dbz,
     plain,
+    require,
 )
 from nowcast.data.sources import text as attr_text
 
 QUANTITY_UNITS = {"DBZH": "dBZ", "TH": "dBZ", "RATE": "mm/h", "ACRR": "mm"}
+CORNERS = ("LL", "UL", "UR", "LR")
+# How far the edges of the corners' rectangle may differ (relative) for a pixel size from them.
+_CORNER_TOLERANCE = 0.01
 GRIDDED_OBJECTS = ("COMP", "IMAGE", "CVOL")
 QUALITY_QUANTITY = "QIND"
 _TIME_FORMAT = ("%Y%m%d%H%M%S",)
@@ -208,7 +214,8 @@ def _quality_mask(f: h5py.File, group: str, path: Path, minimum: float) -> Quali
 
 
 def _grid(f: h5py.File, group: str, shape: tuple[int, int], path: Path) -> dict[str, Any]:
-    """The /where attributes (else /datasetN/where), checked against the data's shape."""
+    """The /where attributes (else /datasetN/where), checked against the data's shape, with
+    the pixel size from the corners where xscale or yscale is missing."""
     dataset_where = f"{group.split('/')[0]}/where"
     where = next((w for w in ("where", dataset_where) if w in f and len(f[w].attrs)), None)
     grid = {} if where is None else {k: plain(v) for k, v in f[where].attrs.items()}
@@ -218,7 +225,54 @@ def _grid(f: h5py.File, group: str, shape: tuple[int, int], path: Path) -> dict[
                 f"{path}: /{where} {key}={grid[key]} differs from the data's {shape[0]}x{shape[1]}"
             )
         grid[key] = size
+    if "xscale" not in grid or "yscale" not in grid:
+        xscale, yscale = _pixel_size_from_corners(grid, f"{path}: /{where or 'where'}")
+        grid.setdefault("xscale", xscale)
+        grid.setdefault("yscale", yscale)
     return grid
+
+
+def _pixel_size_from_corners(grid: dict[str, Any], where: str) -> tuple[float, float]:
+    """(xscale, yscale) in metres from `projdef` and the four corners' LL_lon, LL_lat, ...:
+    ODIM's corners are the outer corners of the corner pixels, so the top and bottom edges span
+    xsize pixels and the sides ysize. Projected as pysteps' importers project them.
+
+    Raises:
+        SourceError: a corner or projdef missing, a projdef pyproj does not read, or corners
+            that are not a rectangle in that projection. ValueError: pyproj not installed.
+    """
+    names = [f"{corner}_{axis}" for corner in CORNERS for axis in ("lon", "lat")]
+    missing = [name for name in ("projdef", *names) if name not in grid]
+    if missing:
+        raise SourceError(
+            f"{where} has no xscale/yscale (the pixel size in metres), nor "
+            f"{', '.join(missing)} to compute it from the projection and the corners"
+        )
+    require("pyproj", "pyproj", f"{where}: the pixel size from projdef and the corners")
+    import pyproj
+
+    try:
+        projection = pyproj.Proj(grid["projdef"])
+    except pyproj.exceptions.CRSError as err:
+        raise SourceError(
+            f"{where}: projdef={grid['projdef']!r} is not a projection pyproj reads ({err})"
+        ) from None
+    metres = projection.crs.axis_info[0].unit_conversion_factor
+    x, y = {}, {}
+    for corner in CORNERS:
+        x[corner], y[corner] = projection(grid[f"{corner}_lon"], grid[f"{corner}_lat"])
+    widths = (x["UR"] - x["UL"], x["LR"] - x["LL"])
+    heights = (y["UL"] - y["LL"], y["UR"] - y["LR"])
+    sizes = []
+    for edges, count in ((widths, grid["xsize"]), (heights, grid["ysize"])):
+        if min(edges) <= 0 or max(edges) > (1 + _CORNER_TOLERANCE) * min(edges):
+            raise SourceError(
+                f"{where} has no xscale/yscale, and its corners are not a rectangle in "
+                f"projdef's projection (edges of {edges[0] * metres:.0f} and "
+                f"{edges[1] * metres:.0f} m), so the pixel size is unknown"
+            )
+        sizes.append(float(np.mean(edges)) * metres / count)
+    return sizes[0], sizes[1]
 
 
 def scan_odim(
@@ -240,7 +294,9 @@ def scan_odim(
     Raises:
         SourceError: not HDF5, corrupt, a polar volume or scan, no data, an unknown or missing
             quantity, an unreadable time or scaling attribute, a /where grid that does not
-            match the data, or min_quality without a QIND field.
+            match the data or has no pixel size nor the corners to compute it from, or
+            min_quality without a QIND field. ValueError: pyproj, needed for the pixel size
+            from the corners, not installed.
     """
     with open_hdf5(path) as f:
         _check_gridded(f, path)

@@ -11,6 +11,7 @@ and put on the model's normalised scale (nowcast.units.normalise): dBZ mapped li
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ import numpy as np
 
 from nowcast.config import DataConfig, NormalisationConfig
 from nowcast.data.store import Store
+from nowcast.data.store_set import StoreSet
 from nowcast.data.windows import (
     check_positive_int,
+    choose_block_hours,
     longest_run,
     make_windows,
     split_windows,
@@ -32,6 +35,8 @@ from nowcast.units import normalise
 
 if TYPE_CHECKING:
     import tensorflow as tf
+
+log = logging.getLogger(__name__)
 
 # Dihedral transforms as (quarter turns, mirror) indices 0..7: k % 4 quarter turns, then a
 # left-right mirror when k >= 4. Those with an odd number of quarter turns swap height and
@@ -48,19 +53,20 @@ class WindowSelection:
         starts: split name ("train", "val", "test") -> (N,) int64 window start indices.
         train_weights: (N_train,) float32 sample weight of each training window, or None when
             every weight is 1 (no dry windows are down-weighted).
+        block_hours: the length of the blocks of time the split was dealt in.
     """
 
     starts: dict[str, np.ndarray]
     train_weights: np.ndarray | None = None
+    block_hours: float | None = None
 
 
-def valid_fraction(store: Store, data_cfg: DataConfig) -> np.ndarray:
-    """(T,) share of each frame's pixels that have data, as `data.valid_fraction_of` counts it.
+def as_store_set(store: Store | StoreSet) -> StoreSet:
+    """A store as a set of one; a set as it is."""
+    return store if isinstance(store, StoreSet) else StoreSet([store])
 
-    "grid": of all the frame's pixels. "coverage": of the radar network's coverage, taken as the
-    largest share of any frame of the store, so a composite whose radars see a quarter of its
-    rectangular grid counts a frame with every radar running as fully valid.
-    """
+
+def _coverage_share(store: Store, data_cfg: DataConfig) -> np.ndarray:
     fraction = store.valid_fraction
     if data_cfg.valid_fraction_of == "grid":
         return fraction
@@ -72,42 +78,56 @@ def valid_fraction(store: Store, data_cfg: DataConfig) -> np.ndarray:
     )
 
 
-def valid_windows(store: Store, data_cfg: DataConfig) -> np.ndarray:
-    """Start indices of every window of the store that never crosses a gap or an event and has
-    at least `min_valid_fraction` of its pixels valid (steps 1-2 of `select_windows`).
+def valid_fraction(store: Store | StoreSet, data_cfg: DataConfig) -> np.ndarray:
+    """(T,) share of each frame's pixels that have data, as `data.valid_fraction_of` counts it.
+
+    "grid": of all the frame's pixels. "coverage": of the radar network's coverage, taken as the
+    largest share of any frame of the store (of each store, in a set), so a composite whose
+    radars see a quarter of its rectangular grid counts a frame with every radar running as
+    fully valid.
+    """
+    stores = as_store_set(store)
+    return stores.per_frame([_coverage_share(member, data_cfg) for member in stores.members])
+
+
+def valid_windows(store: Store | StoreSet, data_cfg: DataConfig) -> np.ndarray:
+    """Start indices of every window of the store (or set) that never crosses a gap, an event
+    or a store and has at least `min_valid_fraction` of its pixels valid (steps 1-2 of
+    `select_windows`).
 
     Raises:
         ValueError: one line naming the store when it is too short for one window, has no
             evenly spaced run long enough, or is mostly no-data.
     """
+    stores = as_store_set(store)
     length = data_cfg.n_in + data_cfg.n_out
     window_hint = f"data.n_in + data.n_out = {length}"
-    if len(store) < length:
+    if len(stores) < length:
         raise ValueError(
-            f"{store.path} has {len(store)} frames, fewer than one window needs ({window_hint}); "
-            "convert more frames or use shorter windows"
+            f"{stores.path} has {len(stores)} frames, fewer than one window needs "
+            f"({window_hint}); convert more frames or use shorter windows"
         )
     starts = make_windows(
-        store.times,
+        stores.times,
         n_in=data_cfg.n_in,
         n_out=data_cfg.n_out,
         stride=data_cfg.stride,
-        minutes_per_frame=store.minutes_per_frame,
-        events=store.events,
+        minutes_per_frame=stores.minutes_per_frame,
+        events=stores.events,
     )
     if starts.size == 0:
         run = longest_run(
-            store.times, minutes_per_frame=store.minutes_per_frame, events=store.events
+            stores.times, minutes_per_frame=stores.minutes_per_frame, events=stores.events
         )
         raise ValueError(
-            f"{store.path} has no {length} consecutive frames {store.minutes_per_frame:g} min "
+            f"{stores.path} has no {length} consecutive frames {stores.minutes_per_frame:g} min "
             f"apart (the longest run is {run}), fewer than one window needs ({window_hint}); "
             "fill the gaps or use shorter windows"
         )
-    valid = window_means(valid_fraction(store, data_cfg), starts, length)
+    valid = window_means(valid_fraction(stores, data_cfg), starts, length)
     kept = starts[valid >= data_cfg.min_valid_fraction]
     if kept.size == 0:
-        coverage = float(store.valid_fraction.max())
+        coverage = max(float(member.valid_fraction.max()) for member in stores.members)
         hint = "lower data.min_valid_fraction"
         if data_cfg.valid_fraction_of == "grid" and coverage < 0.9:
             hint = (
@@ -116,28 +136,73 @@ def valid_windows(store: Store, data_cfg: DataConfig) -> np.ndarray:
                 "lower data.min_valid_fraction"
             )
         raise ValueError(
-            f"every window of {store.path} is mostly no-data (its best has "
+            f"every window of {stores.path} is mostly no-data (its best has "
             f"{100 * float(valid.max()):.0f} % of its pixels valid, less than "
             f"data.min_valid_fraction={data_cfg.min_valid_fraction} of the "
             f"{data_cfg.valid_fraction_of}); {hint}"
         )
+    for member, path in enumerate(stores.paths):
+        if not np.any(stores.segments[kept] == member):
+            log.warning(
+                "%s gives no window (too short, gaps, or mostly no-data); training goes on "
+                "without it",
+                path,
+            )
     return kept
 
 
-def select_windows(store: Store, data_cfg: DataConfig) -> WindowSelection:
-    """Window starts per split: never across a gap or an event, mostly valid, dry ones handled.
+def _split(
+    stores: StoreSet, starts: np.ndarray, data_cfg: DataConfig, min_train: int
+) -> tuple[dict[str, np.ndarray], float]:
+    """The windows of the stores that are not held out, split by blocks of time (of the
+    configured length, or of the longest that gives every split its windows, training at
+    least `min_train`), and the length."""
+    length = data_cfg.n_in + data_cfg.n_out
+    split_cfg = data_cfg.split
+    kwargs = dict(
+        window_length=length,
+        val_fraction=split_cfg.val_fraction,
+        test_fraction=split_cfg.test_fraction,
+        events=stores.split_events,
+        segments=stores.segments if len(stores.members) > 1 else None,
+    )
+    if split_cfg.block_hours is not None:
+        splits = split_windows(stores.times, starts, block_hours=split_cfg.block_hours, **kwargs)
+        return splits, split_cfg.block_hours
+    hours, splits = choose_block_hours(
+        stores.times,
+        starts,
+        minutes_per_frame=stores.minutes_per_frame,
+        min_train=min_train,
+        **kwargs,
+    )
+    log.info(
+        "Split by blocks of %g h, the longest that gives every split its windows "
+        "(data.split.block_hours=<hours> to choose): %s",
+        hours,
+        ", ".join(f"{name} {len(chosen)} windows" for name, chosen in splits.items()),
+    )
+    return splits, hours
+
+
+def select_windows(store: Store | StoreSet, data_cfg: DataConfig) -> WindowSelection:
+    """Window starts per split: never across a gap, an event or a store, mostly valid, dry ones
+    handled.
 
     1. Windows of `n_in + n_out` evenly spaced frames, every `stride` frames (make_windows).
     2. Windows with less than `min_valid_fraction` of their pixels valid (of the grid or of the
        radars' coverage, `valid_fraction_of`) are left out.
-    3. Split by blocks of `split.block_hours` (whole events for stores with events).
+    3. Split by blocks of `split.block_hours` (whole events for stores with events; each
+       store's blocks apart in a set); unset, the longest block that gives every split its
+       windows (nowcast.data.windows.choose_block_hours). Every window of a store held out
+       whole (`data.holdout`) goes to the test split.
     4. Training windows whose mean fraction of wet pixels (valid pixels at or above
        `wet_threshold`, store units) is below `min_wet_fraction` are dry: left out when
        `dry_weight` is 0, else kept with that sample weight. Validation and test windows are
        all kept, so scores describe every kind of weather.
 
     Args:
-        store: the open store.
+        store: the open store, or a set of them (window starts then index the set's frames).
         data_cfg: the `data` config group (n_in, n_out, stride, batch_size, split, fractions).
 
     Raises:
@@ -145,25 +210,26 @@ def select_windows(store: Store, data_cfg: DataConfig) -> WindowSelection:
             evenly spaced run long enough, is mostly no-data, or leaves the training split
             with fewer windows than one batch or the validation split with none.
     """
-    starts = valid_windows(store, data_cfg)
+    stores = as_store_set(store)
+    starts = valid_windows(stores, data_cfg)
     length = data_cfg.n_in + data_cfg.n_out
-    try:
-        splits = split_windows(
-            store.times,
-            starts,
-            window_length=length,
-            block_hours=data_cfg.split.block_hours,
-            val_fraction=data_cfg.split.val_fraction,
-            test_fraction=data_cfg.split.test_fraction,
-            events=store.events,
+    held = stores.held_out[starts]
+    if held.all():
+        raise ValueError(
+            f"every window of {stores.path} is in a held-out store (data.holdout); leave at "
+            "least one store with windows to train on"
         )
+    try:
+        splits, block_hours = _split(stores, starts[~held], data_cfg, data_cfg.batch_size)
     except ValueError as err:
-        raise ValueError(f"{store.path}: {err}") from None
+        raise ValueError(f"{stores.path}: {err}") from None
+    if held.any():
+        splits["test"] = np.sort(np.concatenate([splits["test"], starts[held]]))
 
     train_weights = None
     if data_cfg.min_wet_fraction > 0:
         train = splits["train"]
-        wet = window_means(store.wet_fraction(data_cfg.wet_threshold), train, length)
+        wet = window_means(stores.wet_fraction(data_cfg.wet_threshold), train, length)
         dry = wet < data_cfg.min_wet_fraction
         if data_cfg.dry_weight == 0:
             splits["train"] = train[~dry]
@@ -177,11 +243,11 @@ def select_windows(store: Store, data_cfg: DataConfig) -> WindowSelection:
     ):
         if len(splits[name]) < needed:
             raise ValueError(
-                f"the {name} split of {store.path} has {len(splits[name])} windows, fewer than "
-                f"{what}; use a longer store, a smaller data.split.block_hours, a smaller batch "
-                "or a lower data.min_wet_fraction"
+                f"the {name} split of {stores.path} has {len(splits[name])} windows, fewer "
+                f"than {what}; use a longer store, a smaller data.split.block_hours, a smaller "
+                "batch or a lower data.min_wet_fraction"
             )
-    return WindowSelection(starts=splits, train_weights=train_weights)
+    return WindowSelection(starts=splits, train_weights=train_weights, block_hours=block_hours)
 
 
 def _check_starts(starts: np.ndarray, window_length: int, n_frames: int) -> None:
@@ -202,9 +268,10 @@ class WindowReader:
     same seed gives the same flips on either path), no-data inputs set to 0.
 
     Args:
-        store_path: the store (nowcast.data.store layout).
-        starts: (N,) window start indices (from nowcast.data.windows); window k covers frames
-            `starts[k] : starts[k] + n_in + n_out`.
+        store_path: the store (nowcast.data.store layout), or a list of stores read as one
+            sequence (nowcast.data.store_set.StoreSet; of one grid size, or read in patches).
+        starts: (N,) window start indices (from nowcast.data.windows) into the store or the
+            set; window k covers frames `starts[k] : starts[k] + n_in + n_out`.
         n_in, n_out: input and target frames per window.
         norm: the dBZ <-> [0, 1] normalisation.
         seed: draws the shuffle (make_dataset) and the flips.
@@ -246,11 +313,21 @@ class WindowReader:
     ):
         check_positive_int(n_in, "n_in")
         check_positive_int(n_out, "n_out")
-        self.store = Store(store_path)
+        paths = store_path if isinstance(store_path, (list, tuple)) else [store_path]
+        self.store = StoreSet(paths) if len(paths) > 1 else Store(paths[0])
         self.n_in, self.n_out, self.length = n_in, n_out, n_in + n_out
         self.starts = np.asarray(starts, dtype=np.int64)
         _check_starts(self.starts, self.length, len(self.store))
-        self.frame_shape = tuple(self.store.shape[1:])
+        stores = as_store_set(self.store)
+        # The stores these windows lie in.
+        shapes = [stores.shapes[k] for k in np.unique(stores.segments[self.starts])]
+        if patch_size is None and len(set(shapes)) > 1:
+            raise ValueError(
+                f"whole frames of {self.store.path} come on grids of different sizes "
+                f"({', '.join(f'{h} x {w}' for h, w in shapes)}), which cannot share a batch; "
+                "read one store at a time, or patches (data.patch_size)"
+            )
+        self.frame_shape = shapes[0]
         self.with_weights = weights is not None
         self.weights = np.ones(self.starts.shape, np.float32)
         if weights is not None:
@@ -261,14 +338,15 @@ class WindowReader:
                     f"Received: shape={self.weights.shape}"
                 )
         self.norm, self.seed, self.augment = norm, seed, augment
-        self.store_shape, self.patch_size = self.frame_shape, patch_size
+        self.patch_size = patch_size
         if patch_size is not None:
             check_positive_int(patch_size, "patch_size")
-            if patch_size > min(self.store_shape):
-                raise ValueError(
-                    f"patch_size={patch_size} is larger than the {self.store_shape[0]} x "
-                    f"{self.store_shape[1]} frames of {self.store.path}"
-                )
+            for height, width in shapes:
+                if patch_size > min(height, width):
+                    raise ValueError(
+                        f"patch_size={patch_size} is larger than the {height} x {width} frames "
+                        f"of {self.store.path}"
+                    )
             self.frame_shape = (patch_size, patch_size)
         if not 0 <= min_patch_valid <= 1:
             raise ValueError(f"min_patch_valid must be in [0, 1], Received: {min_patch_valid}")
@@ -477,3 +555,38 @@ def input_batches(
     if keras.backend.backend() == "tensorflow":
         return make_dataset(reader, shuffle=False, **kwargs)
     return WindowDataset(reader, **kwargs)
+
+
+class ConcatenatedBatches(keras.utils.PyDataset):
+    """The batches of several `WindowDataset`s, one after the other: the backend-free
+    counterpart of `tf.data.Dataset.concatenate`."""
+
+    def __init__(self, parts: list[WindowDataset]):
+        super().__init__()
+        self.parts = parts
+        self._ends = np.cumsum([len(part) for part in parts])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of a dataset of {len(self)} batches")
+        part = int(np.searchsorted(self._ends, index, side="right"))
+        return self.parts[part][index - (int(self._ends[part - 1]) if part else 0)]
+
+
+def concatenate_batches(
+    parts: list[tf.data.Dataset | WindowDataset],
+) -> tf.data.Dataset | WindowDataset | ConcatenatedBatches:
+    """The batches of `parts` (from `input_batches`), one part after the other, so that no batch
+    mixes windows of two parts: whole frames of stores on different grids. One part is
+    returned as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    if keras.backend.backend() == "tensorflow":
+        joined = parts[0]
+        for part in parts[1:]:
+            joined = joined.concatenate(part)
+        return joined
+    return ConcatenatedBatches(parts)

@@ -1,9 +1,9 @@
 """What the format readers share: the frames a source file holds, found before any pixel is read.
 
-A reader (nowcast.data.odim, .knmi, .sevir, and stores) turns one input file into a list of
-SourceFrame: its time, quantity, grid and a function that reads its pixels. The converter
-(nowcast.data.convert) sorts, checks and de-duplicates these lists, then reads the frames in
-time order, a few at a time.
+A reader (nowcast.data.odim, .knmi, .sevir, .importers, and stores) turns one input file into
+a list of SourceFrame: its time, quantity, grid and a function that reads its pixels. The
+converter (nowcast.data.convert) sorts, checks and de-duplicates these lists, then reads the
+frames in time order, a few at a time.
 
 Every problem with an input is a SourceError whose one-line message names the file.
 """
@@ -11,6 +11,7 @@ Every problem with an input is a SourceError whose one-line message names the fi
 from __future__ import annotations
 
 import glob
+import importlib.util
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ import numpy as np
 from nowcast.units import rain_to_dbz
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+# The packages of nowcast's `formats` extra (pyproject.toml): those that pip installs everywhere.
+FORMATS_EXTRA = ("pyproj", "netCDF4", "Pillow")
 
 
 class SourceError(ValueError):
@@ -60,7 +63,8 @@ class SourceFrame:
 
 
 def find_inputs(spec: str, suffixes: tuple[str, ...] = HDF5_SUFFIXES) -> list[Path]:
-    """The input files of `spec`: one file, a folder (its HDF5 files, recursively) or a glob.
+    """The input files of `spec`: one file, a folder (its files whose names end in one of
+    `suffixes`, any case, recursively; every file for no suffixes) or a glob.
 
     Returns:
         Paths sorted by name (the order that decides which of two duplicates is kept).
@@ -75,16 +79,38 @@ def find_inputs(spec: str, suffixes: tuple[str, ...] = HDF5_SUFFIXES) -> list[Pa
             raise FileNotFoundError(f"input {spec} matches no file; check the pattern")
         return files
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and (not suffixes or p.name.lower().endswith(suffixes))
+        )
         if not files:
+            endings = f" ending in {', '.join(suffixes)}" if suffixes else ""
             raise FileNotFoundError(
-                f"input folder {spec} holds no files ending in {', '.join(suffixes)}; "
-                "point input= at the files or a glob of them"
+                f"input folder {spec} holds no files{endings}; point input= at the files or a "
+                "glob of them, or pass the format= they are in"
             )
         return files
     if not path.exists():
         raise FileNotFoundError(f"input {spec} does not exist; check the path")
     return [path]
+
+
+def require(module: str, package: str, purpose: str) -> None:
+    """Refuse in one line, naming what to install, when an optional package is missing.
+
+    Raises:
+        ValueError: `module` (from pip's `package`) cannot be imported.
+    """
+    if importlib.util.find_spec(module) is not None:
+        return
+    if package in FORMATS_EXTRA:
+        fix = f"pip install -e '.[formats]' in nowcast's folder (or pip install {package})"
+    else:
+        fix = (
+            f"install {package}, which the formats extra leaves out (pip cannot install it alone)"
+        )
+    raise ValueError(f"{purpose} needs {package}, which is not installed; {fix}")
 
 
 @contextmanager
@@ -142,6 +168,48 @@ def parse_time(stamp: str, formats: tuple[str, ...]) -> int:
             continue
         return int(moment.replace(tzinfo=timezone.utc).timestamp())
     raise ValueError(f"{stamp!r} is not a time in the format {formats[0]}")
+
+
+def same_grid_value(a: Any, b: Any, rtol: float = 1e-9) -> bool:
+    """Whether two values of one grid attribute agree: strings exactly, numbers and arrays of
+    one shape to `rtol`."""
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return a.shape == b.shape and np.allclose(a, b, rtol=rtol, atol=0.0)
+
+
+def check_same_source(frame: SourceFrame, first: SourceFrame) -> None:
+    """Refuse a frame of another quantity, shape or grid description than `first`'s: frames of
+    one store share them.
+
+    Raises:
+        SourceError: the first difference, naming both frames.
+    """
+    if frame.quantity != first.quantity:
+        raise SourceError(
+            f"{frame.label} holds {frame.quantity}, but {first.label} holds "
+            f"{first.quantity}; convert one quantity at a time"
+        )
+    if frame.shape != first.shape:
+        raise SourceError(
+            f"{frame.label}: grid of {frame.shape[0]}x{frame.shape[1]} pixels differs from "
+            f"the {first.shape[0]}x{first.shape[1]} of {first.label}; convert files of one "
+            "grid at a time"
+        )
+    if frame.grid is first.grid:
+        return
+    for key in sorted(set(frame.grid) | set(first.grid)):
+        if key not in frame.grid or key not in first.grid:
+            raise SourceError(
+                f"{frame.label}: grid attribute {key} is in only one of this file and "
+                f"{first.label}; convert files of one grid at a time"
+            )
+        if not same_grid_value(frame.grid[key], first.grid[key]):
+            raise SourceError(
+                f"{frame.label}: grid {key}={frame.grid[key]!r} differs from "
+                f"{first.grid[key]!r} in {first.label}; convert files of one grid at a time"
+            )
 
 
 def iso(seconds: int) -> str:

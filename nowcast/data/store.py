@@ -51,7 +51,7 @@ import h5py
 import numpy as np
 
 from nowcast.data.windows import times_increase
-from nowcast.io import publish, temporary_path
+from nowcast.io import publish, publish_new, temporary_path
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,9 @@ class StoreWriter:
     Data go to `.tmp-<pid>-<name>` next to the target (`nowcast.io.temporary_path`), which is
     renamed into place only when the writer closes without error; on an exception the temporary
     file is deleted, so a failed write never leaves a half-written store at the target path.
+    Without `overwrite`, the store is published only if nothing has appeared at `path` since
+    (`nowcast.io.publish_new`): of two writers of one new store, the second to finish is refused
+    as if it had started after the first.
 
     Args:
         path: the store to create.
@@ -164,7 +167,7 @@ class StoreWriter:
         overwrite: replace an existing file at `path`.
 
     Raises:
-        FileExistsError: `path` exists and `overwrite` is false.
+        FileExistsError: `path` exists and `overwrite` is false (also from `close`).
         ValueError: invalid sizes, grid, quantity or time step.
 
     Example::
@@ -201,8 +204,9 @@ class StoreWriter:
             )
         if (zr_a is None) != (zr_b is None):
             raise ValueError(f"give both zr_a and zr_b or neither, Received: {zr_a=}, {zr_b=}")
+        self.overwrite = overwrite
         if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists; pass overwrite=true to replace it")
+            raise self._exists()
         self.height, self.width = int(height), int(width)
         self.quantity = QUANTITIES[quantity]
         grid = _check_grid(grid, self.height, self.width)
@@ -350,8 +354,15 @@ class StoreWriter:
             raise ValueError(f"no frames were appended; {self.path} was not written")
         self._file.close()
         self._file = None
-        publish(self._tmp_path, self.path)
+        try:
+            (publish if self.overwrite else publish_new)(self._tmp_path, self.path)
+        except FileExistsError:
+            self._tmp_path.unlink()
+            raise self._exists() from None
         return self.path
+
+    def _exists(self) -> FileExistsError:
+        return FileExistsError(f"{self.path} exists; pass overwrite=true to replace it")
 
     def abort(self) -> None:
         """Discard everything written so far (the target path is left untouched)."""

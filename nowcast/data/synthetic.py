@@ -632,4 +632,10 @@ def resolve_store(data_cfg: DictConfig) -> Path:
         )
     log.info("Writing the synthetic radar-echo set to %s", path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_synthetic_store(path, data_cfg.synthetic)
+    try:
+        return write_synthetic_store(path, data_cfg.synthetic)
+    except FileExistsError:
+        # Another run (started at the same time) wrote it first; it is used as if it had been
+        # there from the start.
+        log.info("Another process wrote %s meanwhile; using that one", path)
+        return path

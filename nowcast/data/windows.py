@@ -150,6 +150,12 @@ def make_windows(
     return candidates[inside & on_stride].astype(np.int64)
 
 
+# Block lengths (hours) tried, longest first, when `data.split.block_hours` is not given: the
+# longest that gives every split its windows. Longer blocks lose fewer windows at the seams
+# between splits and keep val and test further from the weather training saw.
+BLOCK_HOURS_LADDER = (24.0, 12.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.0, 0.5)
+
+
 def _assign_blocks(n_blocks: int, fractions: dict[str, float]) -> np.ndarray:
     """Split index (into SPLITS) of each block: each block goes to the largest deficit."""
     targets = np.array([fractions[name] for name in SPLITS])
@@ -163,6 +169,54 @@ def _assign_blocks(n_blocks: int, fractions: dict[str, float]) -> np.ndarray:
     return assignment
 
 
+def _checked_fractions(val_fraction: float, test_fraction: float) -> dict[str, float]:
+    fractions = {"val": val_fraction, "test": test_fraction}
+    for name, value in fractions.items():
+        if not 0 <= value < 1:
+            raise ValueError(f"{name}_fraction must be in [0, 1), Received: {value}")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(
+            "val_fraction + test_fraction must be < 1 to leave blocks for training, "
+            f"Received: {val_fraction} + {test_fraction}"
+        )
+    return {"train": 1.0 - val_fraction - test_fraction, **fractions}
+
+
+def _block_of_frame(
+    times: np.ndarray,
+    block_seconds: float,
+    events: np.ndarray | None,
+    segments: np.ndarray | None,
+) -> np.ndarray:
+    """(T,) block id of each frame: blocks of `block_seconds` counted from each segment's
+    first time, numbered in segment order, then time order. With events, a frame counts at
+    the time of its event's first frame, so an event lies in one block."""
+    if events is not None:
+        times = times[_run_first(same_event(events, times.size))]
+    if segments is None:
+        segments = np.zeros(times.size, np.int64)
+    segment_ids, segment_of_frame = np.unique(segments, return_inverse=True)
+    first = np.full(segment_ids.size, np.iinfo(np.int64).max)
+    np.minimum.at(first, segment_of_frame, times)
+    local = ((times - first[segment_of_frame]) // block_seconds).astype(np.int64)
+    blocks_per_segment = np.zeros(segment_ids.size, np.int64)
+    np.maximum.at(blocks_per_segment, segment_of_frame, local + 1)
+    offset = np.concatenate([[0], np.cumsum(blocks_per_segment)[:-1]])
+    return offset[segment_of_frame] + local
+
+
+class SplitError(ValueError):
+    """A split that would receive no windows (or too few); `counts` says what each received."""
+
+    def __init__(self, message: str, counts: dict[str, int]):
+        super().__init__(message)
+        self.counts = counts
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in counts.items())
+
+
 def split_windows(
     times: np.ndarray,
     starts: np.ndarray,
@@ -172,17 +226,22 @@ def split_windows(
     val_fraction: float,
     test_fraction: float,
     events: np.ndarray | None = None,
+    segments: np.ndarray | None = None,
+    min_train: int = 1,
 ) -> dict[str, np.ndarray]:
     """Assign windows to train/val/test by contiguous blocks of time, so no splits share a frame.
 
-    Time is cut into blocks of `block_hours`, counted from `times[0]`. With events, every frame
-    counts at the time of its event's first frame, so whole events go to one split (events may
-    overlap in time, as SEVIR's do; each is placed by when it starts). Blocks are dealt out in
-    time order: block k goes to the split whose deficit `(k + 1) * fraction - blocks_so_far`
-    is largest (ties: train, val, test). Every split thus holds blocks spread over the whole
-    period, val and test blocks interleave with train blocks, and after any number of blocks
-    each split is within one block of its share. A window whose frames fall in blocks of more
-    than one split is dropped, so no val or test window overlaps a training window.
+    Time is cut into blocks of `block_hours`, counted from the first time of each segment (a
+    store of a run that trains on several; the whole sequence without `segments`). With events,
+    every frame counts at the time of its event's first frame, so whole events go to one split
+    (events may overlap in time, as SEVIR's do; each is placed by when it starts). The blocks in
+    which windows start are dealt out in segment order, then time order; blocks without a
+    window start (gaps, nights without data, the tail of a store) are not dealt, so an empty
+    year takes no turn. Block k goes to the split whose deficit `(k + 1) * fraction -
+    blocks_so_far` is largest (ties: train, val, test). Every split thus holds blocks spread over
+    the whole period, val and test blocks interleave with train blocks, and after any number of
+    blocks each split is within one block of its share. A window whose frames fall in blocks of
+    more than one split is dropped, so no val or test window overlaps a training window.
 
     Args:
         times: (T,) int64 seconds since 1970-01-01 UTC of all frames.
@@ -191,13 +250,17 @@ def split_windows(
         block_hours: length of a block of time (hours, > 0).
         val_fraction, test_fraction: shares of the blocks, each in [0, 1), sum < 1.
         events: optional (T,) event id per frame (a change of id starts a new event).
+        segments: optional (T,) segment id per frame, in segment order; no window may cross
+            segments (make_windows sees them as events).
+        min_train: the fewest training windows that will do (a batch).
 
     Returns:
         {"train", "val", "test"} -> int64 start indices, in the order of `starts`.
 
     Raises:
-        ValueError: bad fractions, starts out of range, or a split with a positive fraction that
-            receives no window (too few blocks: use shorter blocks or more data).
+        ValueError: bad fractions or starts out of range. SplitError: a split with a positive
+            fraction that receives no window, or training fewer than `min_train` (too few
+            blocks: use shorter blocks or more data); it says what each split received.
 
     Examples:
         Ten 1-hour blocks of 12 frames (5 minutes apart), windows of 3 frames:
@@ -221,16 +284,7 @@ def split_windows(
         raise ValueError(f"times must be a non-empty 1-D array, Received: shape={times.shape}")
     if not block_hours > 0:
         raise ValueError(f"block_hours must be > 0, Received: {block_hours=}")
-    fractions = {"val": val_fraction, "test": test_fraction}
-    for name, value in fractions.items():
-        if not 0 <= value < 1:
-            raise ValueError(f"{name}_fraction must be in [0, 1), Received: {value}")
-    if val_fraction + test_fraction >= 1:
-        raise ValueError(
-            "val_fraction + test_fraction must be < 1 to leave blocks for training, "
-            f"Received: {val_fraction} + {test_fraction}"
-        )
-    fractions["train"] = 1.0 - val_fraction - test_fraction
+    fractions = _checked_fractions(val_fraction, test_fraction)
     check_positive_int(window_length, "window_length")
     if starts.ndim != 1:
         raise ValueError(f"starts must be 1-D, Received: shape={starts.shape}")
@@ -239,11 +293,15 @@ def split_windows(
             f"windows must lie inside the {times.size} frames, Received: starts from "
             f"{starts.min()} to {starts.max()} with window_length={window_length}"
         )
-    if events is not None:
-        times = times[_run_first(same_event(events, times.size))]
-    block_seconds = block_hours * 3600.0
-    block_of_frame = ((times - times.min()) // block_seconds).astype(np.int64)
-    block_split = _assign_blocks(int(block_of_frame.max()) + 1, fractions)
+    block_of_frame = _block_of_frame(times, block_hours * 3600.0, events, segments)
+    dealt = np.unique(block_of_frame[starts])
+    block_split = np.zeros(int(block_of_frame.max()) + 1, np.int64)
+    block_split[dealt] = _assign_blocks(dealt.size, fractions)
+    # A block holding no window start takes the split of the last dealt block before it: only
+    # the ends of that block's windows can reach into it.
+    last_dealt = np.zeros(block_split.size, np.int64)
+    last_dealt[dealt] = dealt
+    block_split = block_split[np.maximum.accumulate(last_dealt)]
     # changes[b]: number of split changes between block 0 and block b.
     changes = np.concatenate([[0], np.cumsum(block_split[1:] != block_split[:-1])])
     first = block_of_frame[starts]
@@ -253,11 +311,80 @@ def split_windows(
     result = {
         name: starts[whole & (split_of_window == index)] for index, name in enumerate(SPLITS)
     }
+    counts = {name: int(result[name].size) for name in SPLITS}
     for name in SPLITS:
-        if fractions[name] > 0 and result[name].size == 0:
-            raise ValueError(
-                f"split {name!r} received no windows: {block_split.size} block(s) of "
-                f"{block_hours} h hold {starts.size} windows; use a smaller block_hours or "
-                "more frames"
+        needed = min_train if name == "train" else 1
+        if fractions[name] > 0 and counts[name] < needed:
+            what = "no windows" if needed == 1 else f"{counts[name]} windows, fewer than {needed}"
+            raise SplitError(
+                f"split {name!r} received {what}: {dealt.size} block(s) of {block_hours:g} h "
+                f"hold {starts.size} windows ({_counts_text(counts)}); use a smaller "
+                "block_hours or more frames",
+                counts,
             )
     return result
+
+
+def blocks_needed(fractions: dict[str, float]) -> int:
+    """The fewest blocks that give every split with a positive fraction at least one."""
+    wanted = {index for index, name in enumerate(SPLITS) if fractions[name] > 0}
+    n = 1
+    while not wanted <= set(_assign_blocks(n, fractions).tolist()):
+        n += 1
+    return n
+
+
+def choose_block_hours(
+    times: np.ndarray,
+    starts: np.ndarray,
+    *,
+    window_length: int,
+    minutes_per_frame: float,
+    val_fraction: float,
+    test_fraction: float,
+    events: np.ndarray | None = None,
+    segments: np.ndarray | None = None,
+    min_train: int = 1,
+) -> tuple[float, dict[str, np.ndarray]]:
+    """The longest block of `BLOCK_HOURS_LADDER` (down to one window's length) that gives every
+    split its windows, and the split it gives (see `split_windows`).
+
+    Raises:
+        SplitError: no block length does; the message names the split left short, what each
+            split got with blocks of one window's length, and the shortest archive that would do.
+    """
+    window_hours = window_length * minutes_per_frame / 60.0
+    ladder = [hours for hours in BLOCK_HOURS_LADDER if hours > window_hours] + [window_hours]
+    for hours in ladder:
+        try:
+            return hours, split_windows(
+                times,
+                starts,
+                window_length=window_length,
+                block_hours=hours,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                events=events,
+                segments=segments,
+                min_train=min_train,
+            )
+        except SplitError as err:
+            last = err
+    fractions = _checked_fractions(val_fraction, test_fraction)
+    short = next(
+        name
+        for name in SPLITS
+        if fractions[name] > 0 and last.counts[name] < (min_train if name == "train" else 1)
+    )
+    needed = blocks_needed(fractions) * window_hours
+    if short == "train":
+        needed = max(needed, (min_train + 1) * window_hours / fractions["train"])
+    raise SplitError(
+        f"split {short!r} receives too few windows with any block length from "
+        f"{ladder[0]:g} h down to one window's {window_hours:g} h: the {starts.size} windows "
+        f"give {_counts_text(last.counts)} even then; it takes about {needed:g} h of "
+        "consecutive frames to give every split its windows; use more frames, "
+        "data.split.val_fraction / test_fraction = 0 for a split you do not need, or hold "
+        "whole stores out with data.holdout=[...]",
+        last.counts,
+    )

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import importlib.util
+from datetime import datetime, timedelta, timezone
 
 import h5py
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from radar_files import ODIM_PROJDEF, write_odim
 
+from nowcast.config import ConvertCommandConfig
+from nowcast.data.convert import convert
+from nowcast.data.info import describe_store
 from nowcast.data.odim import scan_odim
 from nowcast.data.sources import SourceError
 from nowcast.units import rain_to_dbz
@@ -187,4 +192,97 @@ def test_unknown_quality_is_masked_and_a_missing_qind_is_one_line(tmp_path):
     assert str(caught.value) == (
         f"{bare} has no QIND quality field for /dataset1/data1 (looked in "
         "/dataset1/data1/qualityK and /dataset1/qualityK); convert without min_quality="
+    )
+
+
+# RMI's composites give the projection and the corners but no xscale/yscale; a Lambert
+# conformal projection of Belgium (Lambert 2008) stands in for theirs.
+LAMBERT_PROJDEF = (
+    "+proj=lcc +lat_0=50.797815 +lon_0=4.35921583333333 +lat_1=49.8333333333333 "
+    "+lat_2=51.1666666666667 +x_0=649328 +y_0=665262 +ellps=GRS80 +units=m"
+)
+
+
+def _corners_only(path, pixel_m: float = 1000.0, projdef: str = LAMBERT_PROJDEF):
+    """/where as RMI writes it: projdef and the outer corners of the grid's corner pixels for
+    `pixel_m` pixels, no xscale or yscale."""
+    pyproj = pytest.importorskip("pyproj")
+    projection = pyproj.Proj(projdef)
+    with h5py.File(path, "a") as f:
+        where = f["where"]
+        rows, cols = int(where.attrs["ysize"]), int(where.attrs["xsize"])
+        del where.attrs["xscale"], where.attrs["yscale"]
+        where.attrs["projdef"] = np.bytes_(projdef)
+        left, bottom, right, top = 300e3, 400e3, 300e3 + cols * pixel_m, 400e3 + rows * pixel_m
+        for corner, (x, y) in {
+            "LL": (left, bottom),
+            "UL": (left, top),
+            "UR": (right, top),
+            "LR": (right, bottom),
+        }.items():
+            lon, lat = projection(x, y, inverse=True)
+            where.attrs[f"{corner}_lon"], where.attrs[f"{corner}_lat"] = lon, lat
+    return path
+
+
+@pytest.mark.parametrize("pixel_m", [1000.0, 250.0])
+def test_pixel_size_from_the_projection_and_the_corners(tmp_path, pixel_m):
+    frame = _scan(_corners_only(write_odim(tmp_path / "c.h5", RAW, WHEN), pixel_m))
+    assert frame.grid["xscale"] == pytest.approx(pixel_m, rel=1e-9)
+    assert frame.grid["yscale"] == pytest.approx(pixel_m, rel=1e-9)
+
+
+def test_files_with_corners_only_convert_and_describe_their_pixels(tmp_path):
+    folder = tmp_path / "rmi"
+    folder.mkdir()
+    for k in range(2):
+        moment = WHEN + timedelta(minutes=5 * k)
+        _corners_only(write_odim(folder / f"{moment:%Y%m%d%H%M}00.rad.best.comp.h5", RAW, moment))
+    cfg = OmegaConf.structured(
+        ConvertCommandConfig(format="odim", input=str(folder), output=str(tmp_path / "s.h5"))
+    )
+    result = convert(cfg)
+    assert "3 x 4 pixels of 1 x 1 km, every 5 min" in describe_store(result.path)
+
+
+def test_no_pixel_size_and_nothing_to_compute_it_from_is_one_line(tmp_path):
+    path = _corners_only(write_odim(tmp_path / "c.h5", RAW, WHEN))
+    _edit(
+        path,
+        lambda f: (
+            f["where"].attrs.__delitem__("LL_lon"),
+            f["where"].attrs.__delitem__("projdef"),
+        ),
+    )
+    with pytest.raises(SourceError) as caught:
+        _scan(path)
+    assert str(caught.value) == (
+        f"{path}: /where has no xscale/yscale (the pixel size in metres), nor projdef, LL_lon to "
+        "compute it from the projection and the corners"
+    )
+
+
+def test_corners_that_are_not_a_rectangle_are_refused(tmp_path):
+    path = _corners_only(write_odim(tmp_path / "c.h5", RAW, WHEN))
+    _edit(path, lambda f: f["where"].attrs.__setitem__("UR_lon", f["where"].attrs["UR_lon"] + 0.5))
+    with pytest.raises(
+        SourceError,
+        match=r"c.h5: /where has no xscale/yscale, and its corners are not a rectangle",
+    ):
+        _scan(path)
+
+
+def test_pixel_size_from_the_corners_without_pyproj_names_the_extra(tmp_path, monkeypatch):
+    path = _corners_only(write_odim(tmp_path / "c.h5", RAW, WHEN))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "pyproj" else find_spec(name, *a),
+    )
+    with pytest.raises(ValueError) as caught:
+        _scan(path)
+    assert str(caught.value) == (
+        f"{path}: /where: the pixel size from projdef and the corners needs pyproj, which is not "
+        "installed; pip install -e '.[formats]' in nowcast's folder (or pip install pyproj)"
     )

@@ -9,6 +9,8 @@ import pytest
 
 from nowcast.data import windows
 from nowcast.data.windows import (
+    SplitError,
+    choose_block_hours,
     longest_run,
     make_windows,
     split_windows,
@@ -135,7 +137,11 @@ def test_zero_fraction_gives_an_empty_split():
 
 def test_too_few_blocks_is_an_error_that_says_what_to_change():
     times = np.arange(100) * STEP  # 8.3 hours: one 24-hour block
-    with pytest.raises(ValueError, match="split 'val' received no windows.*smaller block_hours"):
+    with pytest.raises(
+        ValueError,
+        match=r"split 'val' received no windows: 1 block\(s\) of 24 h hold 97 windows "
+        r"\(train 97, val 0, test 0\); use a smaller block_hours",
+    ):
         _split(times, 4, block_hours=24)
 
 
@@ -202,3 +208,81 @@ def test_longest_run_and_window_means():
     assert longest_run(times, minutes_per_frame=5, events=np.repeat([0, 1], 9)) == 9
     assert longest_run(np.zeros(0, np.int64), minutes_per_frame=5) == 0
     np.testing.assert_allclose(window_means(np.arange(6.0), [0, 2, 3], 3), [1.0, 3.0, 4.0])
+
+
+def _choose(times, length, **kwargs):
+    starts = make_windows(times, n_in=length - 1, n_out=1, minutes_per_frame=5)
+    args = {"val_fraction": 0.15, "test_fraction": 0.15, "minutes_per_frame": 5} | kwargs
+    return starts, choose_block_hours(times, starts, window_length=length, **args)
+
+
+def test_the_block_length_is_the_longest_that_gives_every_split_windows():
+    days = np.arange(12 * 24 * 8) * STEP  # 8 days: 24-hour blocks do, as before
+    _, (hours, splits) = _choose(days, 17)
+    assert hours == 24
+    expected = _split(days, 17, block_hours=24)[1]
+    for name in splits:
+        np.testing.assert_array_equal(splits[name], expected[name])
+    morning = np.arange(92) * STEP  # a 7.6-hour archive, windows of 17 frames (85 min)
+    _, (hours, splits) = _choose(morning, 17)
+    assert hours == 1.5
+    assert {name: chosen.size for name, chosen in splits.items()} == {
+        "train": 22,
+        "val": 2,
+        "test": 4,
+    }
+    with pytest.raises(SplitError, match="split 'test' received no windows"):
+        _split(morning, 17, block_hours=2)  # blocks dealt train, train, val, train
+
+
+def test_no_block_length_will_do_names_the_split_and_the_archive_that_would():
+    times = np.arange(30) * STEP  # 2.5 hours, windows of 17 frames
+    with pytest.raises(SplitError) as caught:
+        _choose(times, 17)
+    message = str(caught.value)
+    assert message.startswith(
+        "split 'val' receives too few windows with any block length from 24 h down to one "
+        "window's 1.41667 h: the 14 windows give train 14, val 0, test 0 even then; it takes "
+        "about 7.08333 h of consecutive frames"
+    )
+    assert "data.holdout" in message
+    # Without val and test, the same archive trains.
+    _, (hours, splits) = _choose(times, 17, val_fraction=0.0, test_fraction=0.0)
+    assert hours == 24 and splits["train"].size == 14
+
+
+def test_only_blocks_that_hold_windows_are_dealt():
+    """Two days a year apart: the empty days between take no turn."""
+    day = np.arange(12 * 24) * STEP
+    times = np.concatenate([day, 365 * 24 * 3600 + day])
+    starts = make_windows(times, n_in=4, n_out=2, minutes_per_frame=5)
+    splits = split_windows(
+        times, starts, window_length=6, block_hours=6, val_fraction=0.25, test_fraction=0.25
+    )
+    blocks = {name: np.unique(times[s] // (6 * 3600)) for name, s in splits.items()}
+    # 8 blocks of 6 hours hold windows, dealt 4/2/2.
+    assert {name: b.size for name, b in blocks.items()} == {"train": 4, "val": 2, "test": 2}
+
+
+def test_segments_are_cut_into_blocks_apart():
+    """Two stores of a morning each, the second starting half an hour later: each store's
+    hours are counted from its own first frame, not from the first store's."""
+    morning = np.arange(48) * STEP  # 4 hours
+    times = np.concatenate([morning, morning + 1800])
+    segments = np.repeat([0, 1], 48)
+    starts = make_windows(times, n_in=2, n_out=1, minutes_per_frame=5, events=segments)
+    splits = split_windows(
+        times, starts, window_length=3, block_hours=1, val_fraction=0.25, test_fraction=0.25,
+        segments=segments,
+    )  # fmt: skip
+    split_of = np.full(times.size, -1)
+    for index, chosen in enumerate(splits.values()):
+        split_of[chosen] = index
+    for segment in (0, 1):
+        mine = (segments == segment) & (split_of >= 0)
+        hour = (times[mine] - times[segments == segment][0]) // 3600
+        # Every hour of the store, counted from its start, went whole to one split.
+        for h in np.unique(hour):
+            assert np.unique(split_of[mine][hour == h]).size == 1, (segment, h)
+    # The second store's hours are dealt too: train, val, test, train.
+    assert np.unique(split_of[(segments == 1) & (split_of >= 0)]).size == 3
