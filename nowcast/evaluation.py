@@ -20,6 +20,11 @@ renamed when complete:
     summary.txt        the table printed at the end: means over lead times
     csi.png, hss.png   the score versus lead time, one panel per threshold, every method
 
+Several stores (`data.path=[...]`, or a run trained on several) are scored store by store: the
+files above hold the totals pooled over them (counts added, then scored), `stores/<n>-<name>/`
+each store's own, and scorecard.png every method's mean CSI against a reference method's,
+store by store and pooled (`scorecard_values`, nowcast.plotting.plot_scorecard).
+
 A long record can be scored in shards (nowcast.sharding): `shard=i/n` scores the i-th of n
 stretches of the windows and writes only its raw totals, to
 `<shards_dir>/shard-<i>-of-<n>/shard.json`;
