@@ -264,6 +264,10 @@ def _evaluate(cfg: DictConfig) -> None:
         ("*.png", "CSI and HSS versus lead time: csi.png, hss.png"),
     ]:
         print(f"  {name:<12} {what}")
+    if "stores" in result.metrics:
+        print(f"  {'':<12} (the counts pooled over the stores)")
+        print(f"  {'stores/':<12} each store's own: {', '.join(result.metrics['stores'])}")
+        print(f"  {'scorecard.png':<12} mean CSI against a reference method, store by store")
 
 
 def evaluate_main() -> None:

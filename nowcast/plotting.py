@@ -440,8 +440,16 @@ def plot_scorecard(
     columns = min(len(events), 3)
     rows = math.ceil(len(events) / columns)
     figure = Figure(
-        figsize=(columns * (1.2 + 0.9 * len(thresholds)), rows * (0.9 + 0.45 * len(methods))),
+        figsize=(
+            columns * (1.4 + 0.9 * len(thresholds)),
+            1.3 + rows * (1.1 + 0.4 * len(methods)),
+        ),
         layout="constrained",
+    )
+    figure.suptitle(
+        f"Mean CSI over lead times minus {_display_name(reference)}'s "
+        "(blue: ahead of it, red: behind)",
+        fontsize=10,
     )
     FigureCanvasAgg(figure)
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
@@ -457,7 +465,8 @@ def plot_scorecard(
         ax.set_yticks(range(len(methods)), [_display_name(m) for m in methods], fontsize=8)
     for ax in axes[len(events) :]:
         ax.set_visible(False)
-    figure.colorbar(
-        image, ax=axes[: len(events)].tolist(), label=f"mean CSI minus {_display_name(reference)}"
+    bar = figure.colorbar(
+        image, ax=axes[: len(events)].tolist(), location="bottom", shrink=0.5, aspect=40
     )
+    bar.set_label(f"mean CSI minus {_display_name(reference)}'s", fontsize=8)
     figure.savefig(path, dpi=100)

@@ -97,6 +97,7 @@ def test_one_scorecard_over_every_window_of_several_stores(several_run, events, 
         f"run={several_run}",
         "data=radar_hdf5",
         f"data.path={paths}",
+        "data.stride=4",  # every fourth window
         "split=all",
         "baselines=[persistence,block_matching]",
         "metrics.scorecard_reference=persistence",
@@ -104,13 +105,13 @@ def test_one_scorecard_over_every_window_of_several_stores(several_run, events, 
     result = evaluate(cfg)
     record, folder = result.metrics, result.output_dir
     assert record["data"]["frame_sizes"] == [[32, 32], [48, 40], [40, 48]]
-    assert record["data"]["windows"] == (96 - 5) + (84 - 5) + (72 - 5)
+    assert record["data"]["windows"] == 23 + 20 + 17  # starts 0, 4, ... up to T - 6
     assert (folder / "scorecard.png").stat().st_size > 0
     for index, name in enumerate("abc"):
         store_folder = folder / "stores" / f"{index}-{name}"
         for output in ("metrics.json", "categorical.csv", "summary.txt", "csi.png"):
             assert (store_folder / output).is_file(), (name, output)
-    assert "CSI of b.h5 (79 windows)" in result.summary
+    assert "CSI of b.h5 (20 windows)" in result.summary
     csi = record["stores"]["stores/1-b"]["mean_csi"]
     expected = json.loads((folder / "stores/1-b/metrics.json").read_text())
     np.testing.assert_allclose(
@@ -124,3 +125,37 @@ def test_one_scorecard_over_every_window_of_several_stores(several_run, events, 
     with pytest.raises(ValueError, match="scorecard_reference='optical_flow' is not scored"):
         evaluate(bad)
     assert not (folder.parent / "bad").exists()
+
+
+def test_shards_of_several_stores_merge_into_what_one_process_writes(
+    several_run, events, evaluate_config, tmp_path
+):
+    options = (
+        f"run={several_run}",
+        "data=radar_hdf5",
+        f"data.path=[{events['a']},{events['b']}]",
+        "data.stride=6",  # every sixth window: 16 of a, 14 of b
+        "split=all",
+        "baselines=[persistence]",
+    )
+    shards = tmp_path / "shards"
+    one = evaluate(evaluate_config(*options, f"paths.output_dir={tmp_path / 'one'}")).metrics
+    for index in range(2):
+        evaluate(evaluate_config(*options, f"shard={index}/2", f"shards_dir={shards}"))
+    merged = evaluate(
+        evaluate_config(*options, "merge=true", f"shards_dir={shards}",
+                        f"paths.output_dir={tmp_path / 'merged'}")
+    ).metrics  # fmt: skip
+    # Two shards of 30 windows: the first ends inside a, the second holds the rest of a and b.
+    assert list(merged["stores"]) == list(one["stores"]) == ["stores/0-a", "stores/1-b"]
+    for method in ("model", "persistence"):
+        for field in CONTINGENCY_FIELDS:
+            np.testing.assert_array_equal(
+                merged["methods"][method]["contingency"][field],
+                one["methods"][method]["contingency"][field],
+            )
+    for folder in one["stores"]:
+        np.testing.assert_allclose(
+            merged["stores"][folder]["mean_csi"]["model"],
+            one["stores"][folder]["mean_csi"]["model"],
+        )
