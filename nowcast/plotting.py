@@ -416,7 +416,8 @@ def plot_scorecard(
     """A scorecard, as WeatherBench 2 draws models against a baseline: one panel per event
     (and the pooled one), a row per method and a column per threshold, each cell coloured by
     the method's mean CSI minus the reference method's (blue: better, red: worse) and labelled
-    with it. The colours span the largest difference, so the sign always reads.
+    with it. The colours span the 90th percentile of the differences' sizes (larger ones take
+    the end colours), so the sign of the small differences between close methods reads.
 
     Args:
         path: the PNG to write.
@@ -432,7 +433,11 @@ def plot_scorecard(
             f"differences must be (events, methods, thresholds) = {expected}, "
             f"Received: shape={differences.shape}"
         )
-    span = float(np.nanmax(np.abs(differences), initial=0.0)) or 0.01
+    finite = np.abs(differences[np.isfinite(differences)])
+    # Colours saturate beyond the 90th percentile, so that one method far behind (persistence)
+    # does not wash out the differences between the close ones.
+    span = float(np.percentile(finite, 90)) if finite.size else 0.0
+    span = span or 0.01
     colour_map = ListedColormap(
         ["#b2182b", "#d6604d", "#f4a582", "#fddbc7", "#f7f7f7", "#d1e5f0", "#92c5de",
          "#4393c3", "#2166ac"]
@@ -455,7 +460,11 @@ def plot_scorecard(
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
     for ax, event, values in zip(axes, events, differences, strict=False):
         image = ax.imshow(
-            np.ma.masked_invalid(values), cmap=colour_map, vmin=-span, vmax=span, aspect="auto"
+            np.ma.masked_invalid(np.clip(values, -span, span)),
+            cmap=colour_map,
+            vmin=-span,
+            vmax=span,
+            aspect="auto",
         )
         for (row, column), value in np.ndenumerate(values):
             if not np.isnan(value):
@@ -468,5 +477,7 @@ def plot_scorecard(
     bar = figure.colorbar(
         image, ax=axes[: len(events)].tolist(), location="bottom", shrink=0.5, aspect=40
     )
-    bar.set_label(f"mean CSI minus {_display_name(reference)}'s", fontsize=8)
+    bar.set_label(
+        f"mean CSI minus {_display_name(reference)}'s (ends: this much or more)", fontsize=8
+    )
     figure.savefig(path, dpi=100)
