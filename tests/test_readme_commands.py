@@ -10,6 +10,7 @@ lines than its test knows fails, so that a new line is run or skipped on purpose
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -236,12 +237,18 @@ def test_evaluating_a_run(checkout):
     assert max(configs, key=lambda path: path.stat().st_mtime).parent == checkout.run_dir
     make, *targets = shlex.split(default_form(make_evaluate))
     assert make == "make"
+    # As a user runs it, not as a sub-make of `make test`, which would print the folders it
+    # enters and pass on its own flags.
+    as_user = {
+        k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")
+    }
     shown = subprocess.run(
         [make, "-n", "-f", REPO / "Makefile", "-o", ".venv/.installed", *targets],
         cwd=checkout.root,
         capture_output=True,
         text=True,
         timeout=60,
+        env=as_user,
     )
     assert ok(shown), report(shown)
     assert shlex.split(shown.stdout) == [
