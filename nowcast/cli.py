@@ -167,6 +167,17 @@ def run_hydra_reporting_errors(main: Callable[[], None], command: str) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    except RuntimeError as err:
+        # submitit's, when hydra/launcher=slurm runs where there is no SLURM.
+        if "srun" not in str(err):
+            raise
+        print(
+            "nowcast: error: hydra/launcher=slurm found no SLURM here (no srun on the PATH); "
+            "run it on a SLURM login node, or run the jobs on this machine with "
+            "hydra/launcher=joblib",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     except OSError as err:
         if err.filename is None:
             raise

@@ -123,3 +123,17 @@ def test_data_synthetic_writes_a_store_and_refuses_to_overwrite(tmp_path):
 def test_data_unknown_command_prints_usage(tmp_path):
     done = run("nowcast-data", "convrt", cwd=tmp_path)
     assert done.returncode == 2 and "usage: nowcast-data" in done.stderr
+
+
+def test_the_slurm_launcher_without_slurm_is_one_line(tmp_path):
+    """The README's shard line typed on a machine without SLURM: say so, and what to use."""
+    env = {**os.environ, "PATH": str(BIN)}  # no srun anywhere on it
+    done = run(
+        "nowcast-evaluate", "-m", f"run={tmp_path / 'run'}", "split=all",
+        "shard=0/2,1/2", "hydra/launcher=slurm", cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "nowcast: error: hydra/launcher=slurm found no SLURM here (no srun on the PATH); run it "
+        "on a SLURM login node, or run the jobs on this machine with hydra/launcher=joblib"
+    ]
