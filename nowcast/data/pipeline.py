@@ -178,9 +178,10 @@ def _split(
     )
     log.info(
         "Split by blocks of %g h, the longest that gives every split its windows "
-        "(data.split.block_hours=<hours> to choose): %s",
+        "(data.split.block_hours=<hours> to choose): %s%s",
         hours,
         ", ".join(f"{name} {len(chosen)} windows" for name, chosen in splits.items()),
+        ", and the held-out stores' windows to test" if stores.holdout else "",
     )
     return splits, hours
 

@@ -108,8 +108,8 @@ class StoreSet:
                 if value != expected:
                     raise StoreError(
                         f"{store.path} has {what} {value}, but {first.path} has {expected}; "
-                        "train on stores of one time step and quantity (convert with "
-                        "minutes_per_frame= or leave the store out)"
+                        "train on stores of one time step and quantity: leave the store out, "
+                        "or train it in a run of its own"
                     )
         self.holdout = holdout
         lengths = [len(store) for store in self.members]
