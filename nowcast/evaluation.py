@@ -56,7 +56,13 @@ from nowcast.config import (
     MetricsConfig,
     NormalisationConfig,
 )
-from nowcast.data.pipeline import WindowDataset, WindowReader, select_windows, valid_windows
+from nowcast.data.pipeline import (
+    WindowDataset,
+    WindowReader,
+    select_windows,
+    valid_windows,
+    whole_frame_batch_size,
+)
 from nowcast.data.store import REFLECTIVITY, VIL
 from nowcast.data.store_set import StoreSet, resolve_stores
 from nowcast.data.windows import ALL_WINDOWS, SPLITS
@@ -93,7 +99,6 @@ BOOTSTRAP_LEVEL = 0.95
 # Fewer runs of consecutive windows than this give no interval: a resample of 2-4 runs spans
 # little of what another sample of weather could be, and would print a narrow interval.
 MIN_BOOTSTRAP_RUNS = 5
-PIXELS_PER_BATCH = 2**19  # `scoring_batch_size`
 STORES_FOLDER = "stores"  # each store's outputs, when several are scored
 
 
@@ -163,21 +168,6 @@ def to_physical(values: np.ndarray, norm: NormalisationConfig, quantity: str) ->
     echo = values > 0.0
     rain[echo] = dbz_to_rain(denormalise(values[echo], norm), norm.zr_a, norm.zr_b)
     return rain
-
-
-def scoring_batch_size(training_batch_size: int, frame_pixels: int) -> int:
-    """The windows scored at once: the run's training batch, cut to about `PIXELS_PER_BATCH`.
-
-    Scoring holds a dozen float fields of a batch at once (forecasts, observations, masks,
-    sums); on 760 x 696 radar frames, 8 windows took 21 GB and 1 window 4 GB, and 1 window at
-    a time was the fastest (docs/benchmarks.md).
-
-    >>> scoring_batch_size(8, 128 * 128), scoring_batch_size(8, 512 * 512)
-    (8, 2)
-    >>> scoring_batch_size(8, 760 * 696)
-    1
-    """
-    return max(1, min(training_batch_size, PIXELS_PER_BATCH // frame_pixels))
 
 
 @dataclass
@@ -1115,7 +1105,7 @@ def _score_store(
         store, starts, n_in=run_cfg.data.n_in, n_out=run_cfg.data.n_out, norm=norm, seed=0
     )
     height, width = reader.frame_shape
-    batch_size = cfg.batch_size or scoring_batch_size(run_cfg.data.batch_size, height * width)
+    batch_size = cfg.batch_size or whole_frame_batch_size(run_cfg.data.batch_size, height * width)
     dataset = WindowDataset(reader, batch_size=batch_size)
     log.info(
         "Scoring %s, %d at a time",

@@ -35,6 +35,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -67,6 +68,7 @@ from nowcast.data.pipeline import (
     concatenate_batches,
     input_batches,
     select_windows,
+    whole_frame_batch_size,
 )
 from nowcast.data.store_set import StoreSet, resolve_stores
 from nowcast.distribute import (
@@ -531,10 +533,15 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
     # spread evenly over the split: the first ones would be a few hours of one day's weather.
     validation_count = (trainer_cfg.validation_steps or len(splits["val"])) * batch
     chosen = np.isin(splits["val"], evenly_spaced(splits["val"], validation_count))
-    # Whole frames of stores on different grids cannot share a batch: one stretch per store.
+    # Whole frames of stores on different grids cannot share a batch: one stretch per store,
+    # in batches cut to the frame size (8 whole radar composites took 31 GB).
+    replicas = num_replicas(strategy)
     validation = concatenate_batches(
         [
-            windows(splits["val"][chosen & (val_store == member)], batch)
+            windows(
+                splits["val"][chosen & (val_store == member)],
+                replicas * whole_frame_batch_size(batch // replicas, math.prod(shapes[member])),
+            )
             for member in np.unique(val_store[chosen])
         ]
     )

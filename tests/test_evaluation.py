@@ -21,7 +21,6 @@ from nowcast.evaluation import (
     evaluate,
     head_to_head,
     run_baselines,
-    scoring_batch_size,
     scoring_for,
     to_physical,
 )
@@ -473,13 +472,6 @@ def test_baselines_are_set_up_as_the_runs_model():
     assert list(run_baselines(["optical_flow"], run_cfg)) == ["optical_flow"]
     with pytest.raises(ValueError, match=r"sprog baseline needs at least 3 .* data.n_in=2; lea"):
         run_baselines(["optical_flow", "sprog"], run_cfg)
-
-
-def test_large_frames_are_scored_in_smaller_batches():
-    assert scoring_batch_size(8, 128 * 128) == 8  # the synthetic set: the run's batch
-    assert scoring_batch_size(8, 512 * 512) == 2
-    assert scoring_batch_size(8, 760 * 696) == 1  # a KNMI composite: one window at a time
-    assert scoring_batch_size(4, 64 * 64) == 4
 
 
 def test_rain_rates_only_where_there_is_echo_match_the_whole_field():

@@ -45,6 +45,26 @@ _ALL_TRANSFORMS = np.arange(8)
 _SHAPE_KEEPING_TRANSFORMS = np.array([0, 2, 4, 6])
 
 
+# Whole frames at once, forward pass and scores: about this many pixels per batch.
+PIXELS_PER_BATCH = 2**19
+
+
+def whole_frame_batch_size(batch_size: int, frame_pixels: int) -> int:
+    """The windows of whole frames run at once (validation, scoring): `batch_size`, cut to
+    about `PIXELS_PER_BATCH` pixels.
+
+    A batch of whole frames holds a dozen float fields (activations, forecasts, masks, sums);
+    on 760 x 696 radar frames, 8 windows took 21 GB to score and 31 GB to validate, 1 window
+    4 GB, and 1 window at a time was the fastest (docs/benchmarks.md).
+
+    >>> whole_frame_batch_size(8, 128 * 128), whole_frame_batch_size(8, 512 * 512)
+    (8, 2)
+    >>> whole_frame_batch_size(8, 760 * 696)
+    1
+    """
+    return max(1, min(batch_size, PIXELS_PER_BATCH // frame_pixels))
+
+
 @dataclass
 class WindowSelection:
     """The windows of a store that a run uses.

@@ -7,7 +7,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from nowcast.config import DataConfig, NormalisationConfig
-from nowcast.data.pipeline import WindowReader, make_dataset, select_windows, valid_windows
+from nowcast.data.pipeline import (
+    WindowReader,
+    make_dataset,
+    select_windows,
+    valid_windows,
+    whole_frame_batch_size,
+)
 from nowcast.data.store import Store, write_store
 from nowcast.units import normalise
 
@@ -328,3 +334,10 @@ def test_valid_fraction_of_the_grid_or_of_the_radars_coverage(composite_store):
     assert 18 in expected and 19 not in expected and 28 in expected
     with pytest.raises(ValueError, match="valid_fraction_of must be grid or coverage"):
         valid_windows(composite_store, _data_config(composite_store.path, valid_fraction_of="x"))
+
+
+def test_whole_frames_run_in_smaller_batches_than_patches():
+    assert whole_frame_batch_size(8, 128 * 128) == 8  # the synthetic set: the run's batch
+    assert whole_frame_batch_size(8, 512 * 512) == 2
+    assert whole_frame_batch_size(8, 760 * 696) == 1  # a KNMI composite: one window at a time
+    assert whole_frame_batch_size(4, 64 * 64) == 4
