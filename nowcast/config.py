@@ -149,6 +149,9 @@ class ModelConfig:
     # matching up to advection_max_speed pixels per frame; nowcast.model.advection).
     advection: bool = False
     advection_max_speed: int = 12
+    # With advection: each forecast frame takes the extrapolation's distribution of values in
+    # its own rank order (nowcast.model.matching), as S-PROG keeps the rain area.
+    probability_matching: bool = False
 
 
 @dataclass

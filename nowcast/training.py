@@ -643,8 +643,9 @@ def initial_checkpoint(cfg: DictConfig) -> Path:
                 f"init={cfg.init} was trained on data.normalisation {trained_on}, this run has "
                 f"{this_run}; set data.normalisation to the run's"
             )
+    # Neither the forecast length nor probability matching changes a weight.
     differences = architecture_differences(
-        checkpoint, cfg.model, n_out=cfg.data.n_out, ignore=("n_out",)
+        checkpoint, cfg.model, n_out=cfg.data.n_out, ignore=("n_out", "probability_matching")
     )
     if differences:
         raise ValueError(

@@ -161,12 +161,20 @@ def valid_windows(store: Store | StoreSet, data_cfg: DataConfig) -> np.ndarray:
             f"data.min_valid_fraction={data_cfg.min_valid_fraction} of the "
             f"{data_cfg.valid_fraction_of}); {hint}"
         )
-    for member, path in enumerate(stores.paths):
+    for member, store in enumerate(stores.members):
         if not np.any(stores.segments[kept] == member):
+            coverage = float(store.valid_fraction.max())
+            hint = ""
+            if data_cfg.valid_fraction_of == "grid" and coverage < data_cfg.min_valid_fraction:
+                hint = (
+                    f"; its radars cover {100 * coverage:.0f} % of its grid: "
+                    "data.valid_fraction_of=coverage counts the coverage's share instead"
+                )
             log.warning(
-                "%s gives no window (too short, gaps, or mostly no-data); training goes on "
-                "without it",
-                path,
+                "%s gives no window (too short, gaps, or mostly no-data); the other stores go "
+                "on without it%s",
+                store.path,
+                hint,
             )
     return kept
 
@@ -375,10 +383,11 @@ class WindowReader:
         height, width = self.frame_shape
         self.transforms = _ALL_TRANSFORMS if height == width else _SHAPE_KEEPING_TRANSFORMS
 
-    def _patch_place(self, frames: np.ndarray, draws: np.random.Generator) -> tuple[int, int]:
-        """(top, left) of a patch of `frames` (T, H, W) with enough data (see `patch_size`)."""
+    def _patch_place(self, valid: np.ndarray, draws: np.random.Generator) -> tuple[int, int]:
+        """(top, left) of a patch with enough data (see `patch_size`) in frames whose pixels
+        have data where `valid` (T, H, W) is True."""
         size = self.patch_size
-        valid = (~np.isnan(frames)).all(axis=0)
+        valid = valid.all(axis=0)
         # Valid pixels of the patch at every (top, left), from a summed-area table.
         table = np.pad(valid.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
         counts = table[size:, size:] - table[:-size, size:] - table[size:, :-size]
@@ -391,12 +400,15 @@ class WindowReader:
     def read(self, start: int, position: int) -> tuple[np.ndarray, np.ndarray]:
         """(inputs (n_in, H, W, 1), targets (n_out, H, W, 1)) of the window at `start`."""
         start = int(start)
-        frames = self.store.read(start, start + self.length)  # (T, H, W)
+        coded = self.store.read_coded(start, start + self.length)  # (T, H, W)
         draws = np.random.default_rng((self.seed, int(position)))
         transform = self.transforms[draws.integers(self.transforms.size)] if self.augment else 0
-        if self.patch_size is not None:
-            top, left = self._patch_place(frames, draws)
-            frames = frames[:, top : top + self.patch_size, left : left + self.patch_size]
+        if self.patch_size is None:
+            frames = coded.decode()
+        else:
+            top, left = self._patch_place(coded.valid(), draws)
+            size = self.patch_size
+            frames = coded.decode(slice(top, top + size), slice(left, left + size))
         frames = normalise(frames, self.norm)
         if transform:
             frames = np.rot90(frames, k=transform % 4, axes=(1, 2))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
-from nowcast.data.store import Store, StoreError
+from nowcast.data.store import CodedFrames, Store, StoreError
 from nowcast.data.synthetic import resolve_store
 
 
@@ -199,13 +199,17 @@ class StoreSet:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Frames start..stop-1 of one store, as `Store.read` gives them."""
+        return self.read_coded(start, stop).decode()
+
+    def read_coded(self, start: int, stop: int) -> CodedFrames:
+        """Frames start..stop-1 of one store, as `Store.read_coded` gives them."""
         member, local = self.locate(start)
         if stop > self.offsets[member + 1]:
             raise ValueError(
                 f"frames {start}..{stop - 1} cross from {self.members[member].path} into the "
                 "next store; a window lies in one store"
             )
-        return self.members[member].read(local, local + (stop - start))
+        return self.members[member].read_coded(local, local + (stop - start))
 
     def close(self) -> None:
         for store in self.members:

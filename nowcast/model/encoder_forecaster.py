@@ -14,6 +14,7 @@ from keras import ops
 
 from nowcast.model.advection import DEFAULT_MAX_SPEED, advect, estimate_motion
 from nowcast.model.cell import ConvLSTM, _int_pair, _positive_int
+from nowcast.model.matching import match_distribution
 
 # The recurrent layers a model can be built with: our fused-gate ConvLSTM, or Keras's own.
 RECURRENT_LAYERS = ("fused", "keras")
@@ -69,7 +70,10 @@ class EncoderForecaster(keras.Model):
     With `advection`, the frame handed to the head at lead k is instead the newest frame moved
     k times along the motion of the input frames (`nowcast.model.advection`, no weights), and
     the network's output is added to it: the network forecasts what extrapolation misses
-    (growth, decay, initiation) and keeps the detail that extrapolation keeps.
+    (growth, decay, initiation) and keeps the detail that extrapolation keeps. With
+    `probability_matching` as well, each forecast frame then takes the extrapolation's values
+    in its own rank order (`nowcast.model.matching`): the network says where the rain goes,
+    the extrapolation how much of each intensity there is.
 
     The network is fully convolutional, so it takes any frame size that the product of the
     downsample strides divides (a peephole model only the size it was built for), and any
@@ -97,6 +101,8 @@ class EncoderForecaster(keras.Model):
             channels.
         advection_max_speed: The fastest motion the extrapolation finds, in pixels per frame
             (12: 144 km/h on a 1-km, 5-minute grid).
+        probability_matching: Whether each forecast frame takes the extrapolation's
+            distribution of values (see above); needs `advection`.
         **kwargs: Base `keras.Model` arguments (name, dtype, ...).
 
     Call arguments:
@@ -126,6 +132,7 @@ class EncoderForecaster(keras.Model):
         last_frame_skip=False,
         advection=False,
         advection_max_speed=DEFAULT_MAX_SPEED,
+        probability_matching=False,
         **kwargs,
     ):
         # The inputs stay float32 under mixed precision (each layer casts what it takes), so
@@ -174,6 +181,13 @@ class EncoderForecaster(keras.Model):
             )
         self.advection = advection
         self.advection_max_speed = _positive_int(advection_max_speed, "advection_max_speed")
+        if not isinstance(probability_matching, bool) or (probability_matching and not advection):
+            raise ValueError(
+                "`probability_matching` must be True or False, and True only with `advection` "
+                "(the forecast takes the extrapolation's distribution). Received: "
+                f"{probability_matching=!r}, {advection=!r}"
+            )
+        self.probability_matching = probability_matching
 
         def rnn(stage, name):
             if recurrent == "keras":
@@ -365,7 +379,10 @@ class EncoderForecaster(keras.Model):
             skip = ops.reshape(moved, (-1, *moved.shape[2:]))
         elif self.last_frame_skip:
             skip = ops.repeat(inputs[:, -1], self.n_out, axis=0)
-        return self._per_frame(lambda frames: self._output_frames(frames, skip), y), moved
+        forecast = self._per_frame(lambda frames: self._output_frames(frames, skip), y)
+        if self.probability_matching:
+            forecast = match_distribution(forecast, moved)
+        return forecast, moved
 
     def get_config(self):
         return {
@@ -383,4 +400,5 @@ class EncoderForecaster(keras.Model):
             "last_frame_skip": self.last_frame_skip,
             "advection": self.advection,
             "advection_max_speed": self.advection_max_speed,
+            "probability_matching": self.probability_matching,
         }

@@ -6,6 +6,7 @@ import pytest
 
 from nowcast.model import EncoderForecaster
 from nowcast.model.advection import advect, estimate_motion
+from nowcast.model.matching import match_distribution
 
 STAGES = [
     {
@@ -135,3 +136,46 @@ def test_advection_takes_frames_of_any_size():
     np.testing.assert_allclose(
         np.median(motion[0, 12:-12, 12:-12].reshape(-1, 2), 0), (1, -2), atol=0.25
     )
+
+
+def test_matching_keeps_the_pattern_and_takes_the_reference_values():
+    rng = np.random.default_rng(2)
+    field = rng.normal(size=(2, 3, 6, 5, 1)).astype("float32")
+    reference = rng.uniform(size=(2, 3, 6, 5, 1)).astype("float32")
+    matched = keras.ops.convert_to_numpy(match_distribution(field, reference))
+    for b in range(2):
+        for t in range(3):
+            got, wanted = matched[b, t].ravel(), reference[b, t].ravel()
+            np.testing.assert_array_equal(np.sort(got), np.sort(wanted))
+            np.testing.assert_array_equal(np.argsort(got), np.argsort(field[b, t].ravel()))
+
+
+def test_a_faded_forecast_is_matched_back_to_the_extrapolations_rain_area():
+    """The point of matching: a network that halves every echo would lose the rain area above
+    a threshold; matched, the forecast has the extrapolation's area at every threshold, and
+    the gradient reaches the network as if the step were not there."""
+    model = EncoderForecaster(
+        STAGES, n_out=3, head_filters=4, advection=True, probability_matching=True
+    )
+    frames = _textured_frames((1, 2))
+    model(frames)
+    forecast, moved = model.forecast_and_extrapolation(frames)
+    forecast, moved = keras.ops.convert_to_numpy(forecast), keras.ops.convert_to_numpy(moved)
+    for threshold in (0.05, 0.2, 0.5):
+        np.testing.assert_array_equal(
+            (forecast >= threshold).sum(axis=(2, 3, 4)), (moved >= threshold).sum(axis=(2, 3, 4))
+        )
+    field = keras.ops.convert_to_tensor(frames[:, :3] * 0.5)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(field)
+            total = keras.ops.sum(match_distribution(field, frames[:, :3]))
+        gradient = tape.gradient(total, field)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(gradient), 1.0)
+
+
+def test_probability_matching_needs_the_extrapolation():
+    with pytest.raises(ValueError, match="probability_matching"):
+        EncoderForecaster(STAGES, n_out=2, probability_matching=True)
