@@ -147,6 +147,25 @@ def config_error_line(err: Exception) -> str:
     return f"{line}; options: {', '.join(options)}" if options else line
 
 
+def check_data_option_chosen(args: list[str]) -> None:
+    """Exit with one line when `args` set a key of the data group but choose no data option.
+
+    evaluate and plot leave the group unset (the run's own store), and Hydra cannot set a key
+    of a group that is not there: `data.path=x.h5` alone ended in an AssertionError from
+    OmegaConf."""
+    names = [arg.partition("=")[0].lstrip("+~") for arg in args]
+    keys = [name for name in names if name.startswith("data.")]
+    if keys and "data" not in names:
+        options = ", ".join(sorted(path.stem for path in (config_dir() / "data").glob("*.yaml")))
+        print(
+            f"nowcast: error: {keys[0]}= sets the data group, which this command leaves to the "
+            f"run's own store; choose the store's data option too, e.g. data=radar_hdf5 "
+            f"{keys[0]}=... (options: {options})",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 def run_hydra_reporting_errors(main: Callable[[], None], command: str) -> None:
     """Run a `@hydra.main` function; a config error (a key that does not exist, a value of the
     wrong type, an unknown group option) becomes one line on stderr and exit status 2, as the
@@ -284,6 +303,7 @@ def _evaluate(cfg: DictConfig) -> None:
 def evaluate_main() -> None:
     """`nowcast-evaluate run=<run_dir> [checkpoint=best|last|<path>] [split=test] [data=...]
     [shard=i/n | merge=true]`."""
+    check_data_option_chosen(sys.argv[1:])
     run_hydra_reporting_errors(_evaluate, "nowcast-evaluate")
 
 
@@ -298,6 +318,7 @@ def _plot(cfg: DictConfig) -> None:
 
 def plot_main() -> None:
     """`nowcast-plot run=<run_dir> [sample=<index or time>] [format=gif|mp4|png]`."""
+    check_data_option_chosen(sys.argv[1:])
     run_hydra_reporting_errors(_plot, "nowcast-plot")
 
 

@@ -137,3 +137,15 @@ def test_the_slurm_launcher_without_slurm_is_one_line(tmp_path):
         "nowcast: error: hydra/launcher=slurm found no SLURM here (no srun on the PATH); run it "
         "on a SLURM login node, or run the jobs on this machine with hydra/launcher=joblib"
     ]
+
+
+@pytest.mark.parametrize("command", ["nowcast-evaluate", "nowcast-plot"])
+def test_another_store_without_a_data_option_is_one_line(tmp_path, command):
+    """`data.path=` alone, as a user scores another store: Hydra has no data group to set it
+    in (the run's own store is the default), which ended in an AssertionError."""
+    done = run(command, f"run={tmp_path / 'run'}", "data.path=other.h5", cwd=tmp_path)
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("nowcast: error: data.path= sets the data group")
+    assert "data=radar_hdf5" in line and "knmi" in line
+    assert "Traceback" not in done.stderr
