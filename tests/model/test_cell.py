@@ -206,6 +206,14 @@ def test_matches_keras_conv_lstm2d():
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
 
 
+@pytest.mark.gpu
+def test_matches_keras_conv_lstm2d_on_the_gpu():
+    """On an Ampere-or-newer GPU, TF32 (on by default) rounds float32 products to 10 mantissa
+    bits and the comparison above fails at 1e-5; conftest.py turns it off."""
+    with keras.device("gpu:0"):
+        test_matches_keras_conv_lstm2d()
+
+
 def test_cell_without_input_frames_runs_on_the_state_alone():
     rng = np.random.default_rng(3)
     h0, c0 = (rng.normal(size=(2, 4, 4, 5)).astype("float32") for _ in range(2))
