@@ -350,17 +350,16 @@ class EvaluateConfig:
     the run was not trained on. `baselines`: persistence, optical_flow (pysteps),
     block_matching (the extrapolation that a model with `model.advection` corrects, scored
     alone) and sprog (pysteps' S-PROG: optical flow whose small scales fade), any of them.
-    S-PROG is not on by default: it costs about 3 times optical flow per window (7-8 s against
-    2-3 s on 760 x 696 frames, 5 inputs, 12 lead times, a shared 2-core CPU); add it with
-    `baselines=[persistence,optical_flow,block_matching,sprog]`. It needs data.n_in >= 3.
+    S-PROG is not on by default: it costs several times optical flow per window (measured in
+    docs/evaluation.md); add it with `baselines=[persistence,optical_flow,block_matching,sprog]`.
+    It needs data.n_in >= 3.
 
     `batch_size`: windows forecast and scored at once; unset, the run's `data.batch_size`, cut
     for large frames to about half a million pixels a batch (one window of 760 x 696).
     `precision`: what the model's forward pass computes in, as `trainer.precision` (auto:
-    bfloat16 on CPUs and GPUs that have it, else float32). bfloat16 ran the model's forward pass
-    1.36x faster on a 2-core AVX512-BF16 CPU and moved its mean CSI by at most 0.0002 on a
-    real radar day; `precision=float32` gives counts that do not depend on the machine's
-    arithmetic.
+    bfloat16 on CPUs and GPUs that have it, else float32; its speed and effect on the scores,
+    measured: docs/evaluation.md); `precision=float32` gives counts that do not depend on the
+    machine's arithmetic.
 
     Sharded scoring (nowcast.sharding): `shard=i/n` scores only the i-th of n equal stretches
     of the windows and writes their raw totals to `shards_dir`/shard-<i>-of-<n>/;

@@ -1,6 +1,7 @@
 """Verification scores for precipitation nowcasts: categorical, continuous and neighbourhood.
 
-Scores follow the forecasters' protocol (REFERENCES.md section 5): counts and sums are taken per
+Scores follow the forecasters' protocol (Jolliffe and Stephenson 2012, Forecast Verification:
+A Practitioner's Guide in Atmospheric Science; docs/evaluation.md): counts and sums are taken per
 lead time over a whole split, batch by batch, and scores are computed once from the totals,
 never averaged over batches. `VerificationAccumulator` keeps those totals for one forecast
 method; the functions below compute one batch's share with backend-neutral `keras.ops`.

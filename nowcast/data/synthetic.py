@@ -1,9 +1,10 @@
 """The embedded default data set: synthetic radar reflectivity that behaves like real composites.
 
-It is built to be honest (see REFERENCES.md section 8): learnable, because echoes move with a
-smooth wind that the input frames reveal, and hard, because that wind varies in space and
-turns over hours, convective cells grow, split and decay within 20-60 minutes and new ones
-start on the flanks of old ones, so the last frame (persistence) is a poor forecast.
+It is built to be honest (docs/data.md, "The synthetic set against real radar"): learnable,
+because echoes move with a smooth wind that the input frames reveal, and hard, because that
+wind varies in space and turns over hours, convective cells grow, split and decay within 20-60
+minutes and new ones start on the flanks of old ones, so the last frame (persistence) is a poor
+forecast.
 
 What is simulated, on a grid of `pixel_km` and a step of `minutes_per_frame`:
 

@@ -62,7 +62,7 @@ def _layer_norm(x, gamma, beta, groups: int):
 
 @keras.saving.register_keras_serializable(package="nowcast")
 class FusedConvLSTMCell(keras.layers.Layer):
-    """Convolutional LSTM cell with one fused convolution for all four gates (the seed's cell).
+    """Convolutional LSTM cell with one fused convolution for all four gates.
 
     One 2-D convolution ('same' padding, stride 1) over the channel concatenation
     `[x_t, h_{t-1}]` gives 4*filters channels plus a bias, split in the order (i, j, f, o):
@@ -70,7 +70,10 @@ class FusedConvLSTMCell(keras.layers.Layer):
         c_t = c_{t-1} * sigmoid(f + forget_bias) + sigmoid(i) * activation(j)
         h_t = activation(c_t) * sigmoid(o)
 
-    so a step costs one convolution instead of the eight of `keras.layers.ConvLSTM2D`.
+    so a step costs one convolution instead of the eight of `keras.layers.ConvLSTM2D`. The cell
+    is Shi et al. (2015), Convolutional LSTM Network: A Machine Learning Approach for
+    Precipitation Nowcasting, in the fused-kernel layout of TensorFlow 1's
+    `tf.contrib.rnn.ConvLSTMCell` (gate order and a forget bias added at run time).
     Keras's (i, f, c, o) gate order appears only in the reference test.
 
     Weights: `kernel` (kh, kw, C_in + filters, 4*filters), its input channels first, then
@@ -280,7 +283,7 @@ class ConvLSTM(keras.layers.Layer):
     """A `FusedConvLSTMCell` unrolled over time in Python (static unroll).
 
     Sequences here are short (5 to 20 frames), and a static unroll is as fast as a while loop
-    on the CPU or faster, and lets XLA see the whole graph on a GPU (REFERENCES.md §9).
+    on the CPU or faster, and lets XLA see the whole graph on a GPU (docs/benchmarks.md).
 
     The cell's function and weights, computed with fewer and larger ops: the fused kernel is
     split along its input-channel axis, the convolution of the inputs of all steps runs once
