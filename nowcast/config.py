@@ -14,6 +14,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
+from nowcast.balanced import BALANCED_THRESHOLDS_MMH, BALANCED_WEIGHTS
+
 # Rain-rate thresholds (mm/h) that forecasts are scored at, and trained for by the soft CSI:
 # HKO-7's ladder with 1 mm/h added.
 RAIN_LADDER_MMH = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -165,8 +167,8 @@ class LossConfig:
     """
 
     terms: dict[str, float] = field(default_factory=dict)
-    thresholds_mmh: list[float] = field(default_factory=lambda: [2.0, 5.0, 10.0, 30.0])
-    weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0])
+    thresholds_mmh: list[float] = field(default_factory=lambda: list(BALANCED_THRESHOLDS_MMH))
+    weights: list[float] = field(default_factory=lambda: list(BALANCED_WEIGHTS))
     # Lead time k (0 first) weighs lead_decay**k, scaled to a mean of 1; 1 weighs all alike.
     lead_decay: float = 1.0
     # The `soft_csi` term's sigmoid width in dBZ: a forecast this far above a threshold counts
@@ -325,7 +327,7 @@ class MetricsConfig:
     resamples (0: none) of the runs of consecutive windows scored (a split's blocks of
     `data.split.block_hours`; for split=all, the stretches without a long gap), each drawn
     whole; with fewer than 5 runs there is no interval, and the summary says why
-    (nowcast.evaluation.consecutive_runs).
+    (nowcast.reports.consecutive_runs).
     """
 
     thresholds_mmh: list[float] = field(default_factory=lambda: list(RAIN_LADDER_MMH))
@@ -389,7 +391,7 @@ class EvaluateConfig:
 class PlotConfig:
     """`nowcast-plot run=<run_dir> [sample=<index or time>] [format=gif|mp4|png]`.
 
-    Draws one window of `split` (see nowcast.pictures.plot_run): `sample` is its index, or the
+    Draws one window of `split` (see nowcast.plotting.plot_run): `sample` is its index, or the
     UTC time of its newest input frame (e.g. 2024-06-01T12:00); null picks the wettest.
     `format`: gif or mp4 (an animation, plus a still) or png (the still alone). `units`: mm/h
     or dBZ for reflectivity runs (null: mm/h). `evaluation`: where `nowcast-evaluate` wrote

@@ -13,38 +13,10 @@ from numbers import Real
 import keras
 from keras import ops
 
+from nowcast.model.arguments import flag, int_pair, positive_int
+
 # Variance floor of the optional layer normalisation.
 LAYER_NORM_EPSILON = 1e-5
-
-
-def _positive_int(value, name: str) -> int:
-    """`value` as an int, or a ValueError that says what was received."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return value
-
-
-def _int_pair(value, name: str) -> tuple[int, int]:
-    """An int or a pair of ints (height, width) as a pair of positive ints."""
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        raise ValueError(
-            f"`{name}` must be a positive integer or a pair of them (height, width). "
-            f"Received: {name}={value!r}"
-        )
-    for item in pair:
-        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
-            raise ValueError(
-                f"`{name}` must be a positive integer or a pair of them (height, width). "
-                f"Received: {name}={value!r}"
-            )
-    return tuple(pair)
-
-
-def _flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    return value
 
 
 def _layer_norm(x, gamma, beta, groups: int):
@@ -134,15 +106,15 @@ class FusedConvLSTMCell(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.filters = _positive_int(filters, "filters")
-        self.kernel_size = _int_pair(kernel_size, "kernel_size")
+        self.filters = positive_int(filters, "filters")
+        self.kernel_size = int_pair(kernel_size, "kernel_size")
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, Real):
             raise ValueError(f"`forget_bias` must be a number. Received: {forget_bias=!r}")
         self.forget_bias = float(forget_bias)
         self.activation = keras.activations.get(activation)
-        self.peephole = _flag(peephole, "peephole")
-        self.layer_norm = _flag(layer_norm, "layer_norm")
-        self.dilation_rate = _int_pair(dilation_rate, "dilation_rate")
+        self.peephole = flag(peephole, "peephole")
+        self.layer_norm = flag(layer_norm, "layer_norm")
+        self.dilation_rate = int_pair(dilation_rate, "dilation_rate")
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.state_size = [self.filters, self.filters]
@@ -342,7 +314,7 @@ class ConvLSTM(keras.layers.Layer):
                     "Without inputs, ConvLSTM needs both `initial_state` and `steps`. "
                     f"Received: initial_state={initial_state}, steps={steps}"
                 )
-            steps = _positive_int(steps, "steps")
+            steps = positive_int(steps, "steps")
         elif inputs.shape[1] is None or (steps is not None and steps != inputs.shape[1]):
             raise ValueError(
                 "ConvLSTM unrolls over a known number of frames: inputs.shape[1] must be "
