@@ -258,6 +258,8 @@ def train_main() -> None:
 def _evaluate(cfg: DictConfig) -> None:
     from nowcast.sharding import check_shard_options
 
+    # A bad shard= fails here in a second, before TensorFlow loads; `evaluate`, which tests and
+    # notebooks call directly, parses it again to choose what it scores.
     run_reporting_errors(lambda: check_shard_options(cfg.shard, cfg.merge))
     from nowcast.memory import keep_freed_memory
 

@@ -12,9 +12,9 @@ renamed when complete:
     metrics.json       every score per lead time (and threshold or scale), the means over lead
                        times, the raw contingency counts and sums (to merge or recompute), the
                        bootstrap interval of the model's mean CSI minus each baseline's (over
-                       runs of consecutive windows, `consecutive_runs`), and what was scored:
-                       run, checkpoint, store, split, thresholds, lead times, and the
-                       precision the model's forward pass ran in (`precision`)
+                       runs of consecutive windows, nowcast.reports.consecutive_runs), and
+                       what was scored: run, checkpoint, store, split, thresholds, lead times,
+                       and the precision the model's forward pass ran in (`precision`)
     categorical.csv    per method, lead time and threshold: counts, CSI, POD, FAR, HSS, ETS, bias
     continuous.csv     per method and lead time: MSE, MAE, B-MSE, B-MAE, FSS per scale
     summary.txt        the table printed at the end: means over lead times
@@ -49,6 +49,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from nowcast.balanced import BALANCED_THRESHOLDS_MMH, BALANCED_WEIGHTS
+from nowcast.checkpoints import load_run_config
 from nowcast.config import MetricsConfig
 from nowcast.data.pipeline import WindowDataset, WindowReader, whole_frame_batch_size
 from nowcast.data.store import REFLECTIVITY
@@ -69,7 +70,7 @@ from nowcast.reports import (
     summary_table,
     write_report,
 )
-from nowcast.run import Run, Windows
+from nowcast.run import RUN_HINT, Run, Windows, require
 from nowcast.sharding import (
     SHARD_FILE,
     Shard,
@@ -472,12 +473,14 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     shard = check_shard_options(cfg.shard, cfg.merge)
     # One process at a time writes an output folder, from the check that it does not exist to
     # its publication; a run that is training is read as usual (nowcast.locks). The lock file
-    # goes beside the folder, in the run by default: a missing run is named first.
-    run = Run.from_config(cfg)
+    # goes beside the folder, in the run by default: a missing run is named first, and the
+    # rest (its checkpoint) once the lock is held.
+    load_run_config(_folder(require(cfg, "run", RUN_HINT)))
     output_dir, elsewhere = _output(cfg, shard)
     with output_lock(
         output_dir, command="nowcast-evaluate", alternative=f"pass {elsewhere}=<another folder>"
     ):
+        run = Run.from_config(cfg)
         if cfg.merge:
             return merge_shards(cfg, run)
         keep_freed_memory()
