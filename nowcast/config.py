@@ -352,7 +352,7 @@ class EvaluateConfig:
     the run was not trained on. `baselines`: persistence, optical_flow (pysteps),
     block_matching (the extrapolation that a model with `model.advection` corrects, scored
     alone) and sprog (pysteps' S-PROG: optical flow whose small scales fade), any of them.
-    S-PROG is not on by default: it costs several times optical flow per window (measured in
+    S-PROG is not on by default: it costs about 3 times optical flow per window (measured:
     docs/evaluation.md); add it with `baselines=[persistence,optical_flow,block_matching,sprog]`.
     It needs data.n_in >= 3.
 
