@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train smoke evaluate plot test test-full lint format clean clean-logs bench
+.PHONY: help install train smoke evaluate plot test test-full test-gpu lint format clean clean-logs bench
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ test: $(INSTALLED) ## Set up, then run the fast test suite
 
 test-full: $(INSTALLED) ## The whole test suite, slow tests included
 	$(BIN)/pytest -m "not gpu" $(ARGS)
+
+test-gpu: $(INSTALLED) ## The tests that need a GPU (skipped where there is none)
+	$(BIN)/pytest -m gpu $(ARGS)
 
 lint: $(INSTALLED) ## ruff lint and format check
 	$(BIN)/ruff check nowcast tests scripts

@@ -246,7 +246,8 @@ def _train(cfg: DictConfig) -> None:
     # TensorFlow loads here, after Hydra has checked the config.
     import_keras_quietly()
     from nowcast.callbacks import NonFiniteLossError
-    from nowcast.training import resume_config, train
+    from nowcast.resume import resume_config
+    from nowcast.training import train
 
     if not OmegaConf.is_missing(cfg, "resume"):
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
@@ -276,6 +277,8 @@ def train_main() -> None:
 def _evaluate(cfg: DictConfig) -> None:
     from nowcast.sharding import check_shard_options
 
+    # A bad shard= fails here in a second, before TensorFlow loads; `evaluate`, which tests and
+    # notebooks call directly, parses it again to choose what it scores.
     run_reporting_errors(lambda: check_shard_options(cfg.shard, cfg.merge))
     from nowcast.memory import keep_freed_memory
 
@@ -310,7 +313,7 @@ def evaluate_main() -> None:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="plot")
 def _plot(cfg: DictConfig) -> None:
     import_keras_quietly()  # TensorFlow loads here, after Hydra has checked the config
-    from nowcast.pictures import plot_run
+    from nowcast.plotting import plot_run
 
     result = run_reporting_errors(lambda: plot_run(cfg))
     print(f"\n{result.summary}")

@@ -14,6 +14,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
+from nowcast.balanced import BALANCED_THRESHOLDS_MMH, BALANCED_WEIGHTS
+
 # Rain-rate thresholds (mm/h) that forecasts are scored at, and trained for by the soft CSI:
 # HKO-7's ladder with 1 mm/h added.
 RAIN_LADDER_MMH = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -165,8 +167,8 @@ class LossConfig:
     """
 
     terms: dict[str, float] = field(default_factory=dict)
-    thresholds_mmh: list[float] = field(default_factory=lambda: [2.0, 5.0, 10.0, 30.0])
-    weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0])
+    thresholds_mmh: list[float] = field(default_factory=lambda: list(BALANCED_THRESHOLDS_MMH))
+    weights: list[float] = field(default_factory=lambda: list(BALANCED_WEIGHTS))
     # Lead time k (0 first) weighs lead_decay**k, scaled to a mean of 1; 1 weighs all alike.
     lead_decay: float = 1.0
     # The `soft_csi` term's sigmoid width in dBZ: a forecast this far above a threshold counts
@@ -325,7 +327,7 @@ class MetricsConfig:
     resamples (0: none) of the runs of consecutive windows scored (a split's blocks of
     `data.split.block_hours`; for split=all, the stretches without a long gap), each drawn
     whole; with fewer than 5 runs there is no interval, and the summary says why
-    (nowcast.evaluation.consecutive_runs).
+    (nowcast.reports.consecutive_runs).
     """
 
     thresholds_mmh: list[float] = field(default_factory=lambda: list(RAIN_LADDER_MMH))
@@ -350,17 +352,16 @@ class EvaluateConfig:
     the run was not trained on. `baselines`: persistence, optical_flow (pysteps),
     block_matching (the extrapolation that a model with `model.advection` corrects, scored
     alone) and sprog (pysteps' S-PROG: optical flow whose small scales fade), any of them.
-    S-PROG is not on by default: it costs about 3 times optical flow per window (7-8 s against
-    2-3 s on 760 x 696 frames, 5 inputs, 12 lead times, a shared 2-core CPU); add it with
-    `baselines=[persistence,optical_flow,block_matching,sprog]`. It needs data.n_in >= 3.
+    S-PROG is not on by default: it costs about 3 times optical flow per window (measured:
+    docs/evaluation.md); add it with `baselines=[persistence,optical_flow,block_matching,sprog]`.
+    It needs data.n_in >= 3.
 
     `batch_size`: windows forecast and scored at once; unset, the run's `data.batch_size`, cut
     for large frames to about half a million pixels a batch (one window of 760 x 696).
     `precision`: what the model's forward pass computes in, as `trainer.precision` (auto:
-    bfloat16 on CPUs and GPUs that have it, else float32). bfloat16 ran the model's forward pass
-    1.36x faster on a 2-core AVX512-BF16 CPU and moved its mean CSI by at most 0.0002 on a
-    real radar day; `precision=float32` gives counts that do not depend on the machine's
-    arithmetic.
+    bfloat16 on CPUs and GPUs that have it, else float32; its speed and effect on the scores,
+    measured: docs/evaluation.md); `precision=float32` gives counts that do not depend on the
+    machine's arithmetic.
 
     Sharded scoring (nowcast.sharding): `shard=i/n` scores only the i-th of n equal stretches
     of the windows and writes their raw totals to `shards_dir`/shard-<i>-of-<n>/;
@@ -390,7 +391,7 @@ class EvaluateConfig:
 class PlotConfig:
     """`nowcast-plot run=<run_dir> [sample=<index or time>] [format=gif|mp4|png]`.
 
-    Draws one window of `split` (see nowcast.pictures.plot_run): `sample` is its index, or the
+    Draws one window of `split` (see nowcast.plotting.plot_run): `sample` is its index, or the
     UTC time of its newest input frame (e.g. 2024-06-01T12:00); null picks the wettest.
     `format`: gif or mp4 (an animation, plus a still) or png (the still alone). `units`: mm/h
     or dBZ for reflectivity runs (null: mm/h). `evaluation`: where `nowcast-evaluate` wrote

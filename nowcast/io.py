@@ -10,6 +10,11 @@ A file that must not replace an existing one (`overwrite=false`) is published wi
 `publish_new`, in which the check that the target does not exist and the publication are one
 step: of two processes writing the same new file at once, one succeeds and the other gets
 FileExistsError, and the file is the first one's, whole.
+
+A folder of outputs (an evaluation) is written whole under a temporary name and put in place
+of the old one in one rename (`publish_folder`). A command that refuses to replace files
+checks them all before it starts (`refuse_existing`), and gives a file that appears meanwhile
+the same error (`refusing_existing`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 TEMPORARY_PREFIX = ".tmp-"
@@ -94,3 +101,50 @@ def remove_temporary_files(folder: str | os.PathLike) -> list[Path]:
     for path in leftovers:
         path.unlink(missing_ok=True)
     return leftovers
+
+
+def publish_folder(output_dir: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(folder)` on a temporary folder, then put it in place of `output_dir`."""
+    pid = os.getpid()
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{pid}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if output_dir.exists():
+        old = output_dir.with_name(f".{output_dir.name}.old-{pid}")
+        output_dir.rename(old)
+        tmp.rename(output_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(output_dir)
+
+
+def file_stamp(seconds: int) -> str:
+    """A UTC time for file names: 20240601T1200Z."""
+    return f"{datetime.fromtimestamp(int(seconds), tz=timezone.utc):%Y%m%dT%H%MZ}"
+
+
+def refuse_existing(paths: list[Path], overwrite: bool, hint: str) -> None:
+    """A FileExistsError naming those of `paths` that exist, unless `overwrite`."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise _exists_error(existing, hint)
+
+
+@contextlib.contextmanager
+def refusing_existing(hint: str) -> Iterator[None]:
+    """Give a file that another process published between `refuse_existing`'s check and this
+    block's write (the FileExistsError of `nowcast.io.publish_new`, which names it) the error
+    that the check would have given."""
+    try:
+        yield
+    except FileExistsError as err:
+        raise _exists_error([err.filename], hint) from None
+
+
+def _exists_error(paths: list[str], hint: str) -> FileExistsError:
+    return FileExistsError(f"{', '.join(paths)} exists; pass overwrite=true or {hint}")

@@ -18,25 +18,12 @@ import keras
 from keras import ops
 
 from nowcast.config import LossConfig, NormalisationConfig
+from nowcast.metrics import rain_rate_weights
 from nowcast.units import rain_threshold_to_normalised
 
 PIXEL_ERRORS: dict[str, Callable] = {"mse": ops.square, "mae": ops.abs}
 SOFT_CSI = "soft_csi"
 LOSS_NAMES = tuple(PIXEL_ERRORS) + tuple(f"balanced_{name}" for name in PIXEL_ERRORS) + (SOFT_CSI,)
-
-
-def rain_rate_weights(observation, thresholds: Sequence[float], weights: Sequence[float]):
-    """Per-pixel weights: `weights[k]` for observations in [thresholds[k-1], thresholds[k]).
-
-    Args:
-        observation: observed values on the normalised scale, any shape.
-        thresholds: increasing thresholds on the same scale, one fewer than `weights`.
-        weights: the weight of each interval, lowest first.
-    """
-    weight = ops.full_like(observation, weights[0])
-    for threshold, step in zip(thresholds, weights[1:], strict=True):
-        weight = ops.where(observation >= threshold, step, weight)
-    return weight
 
 
 # A forecast more than this many sigmoid widths below a threshold is a clean no. Summed over

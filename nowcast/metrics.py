@@ -1,6 +1,7 @@
 """Verification scores for precipitation nowcasts: categorical, continuous and neighbourhood.
 
-Scores follow the forecasters' protocol (REFERENCES.md section 5): counts and sums are taken per
+Scores follow the forecasters' protocol (Jolliffe and Stephenson 2012, Forecast Verification:
+A Practitioner's Guide in Atmospheric Science; docs/evaluation.md): counts and sums are taken per
 lead time over a whole split, batch by batch, and scores are computed once from the totals,
 never averaged over batches. `VerificationAccumulator` keeps those totals for one forecast
 method; the functions below compute one batch's share with backend-neutral `keras.ops`.
@@ -28,7 +29,7 @@ from functools import cached_property
 import numpy as np
 from keras import ops
 
-from nowcast.losses import rain_rate_weights
+from nowcast.balanced import BALANCED_THRESHOLDS_MMH, BALANCED_WEIGHTS
 
 CONTINGENCY_FIELDS = ("hits", "false_alarms", "misses", "correct_negatives")
 CATEGORICAL_SCORES = ("csi", "pod", "far", "hss", "ets", "bias")
@@ -41,10 +42,20 @@ ERROR_SUMS = (
 )
 CONTINUOUS_SCORES = ("mse", "mae", "b_mse", "b_mae")
 FSS_SUMS = ("forecast_squared", "forecast_observation", "observation_squared")
-# Shi et al. (2017) balanced weights: 1, 1, 2, 5, 10, 30 for observations below 0.5, 0.5-2,
-# 2-5, 5-10, 10-30 and >= 30 mm/h (the weight is 1 on both sides of 0.5 mm/h).
-BALANCED_THRESHOLDS_MMH = (2.0, 5.0, 10.0, 30.0)
-BALANCED_WEIGHTS = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def rain_rate_weights(observation, thresholds: Sequence[float], weights: Sequence[float]):
+    """Per-pixel weights: `weights[k]` for observations in [thresholds[k-1], thresholds[k]).
+
+    Args:
+        observation: observed values on the normalised scale, any shape.
+        thresholds: increasing thresholds on the same scale, one fewer than `weights`.
+        weights: the weight of each interval, lowest first.
+    """
+    weight = ops.full_like(observation, weights[0])
+    for threshold, step in zip(thresholds, weights[1:], strict=True):
+        weight = ops.where(observation >= threshold, step, weight)
+    return weight
 
 
 def _time_first(field):

@@ -20,13 +20,13 @@ sides. It forecasts n_out frames and writes them in physical units to an HDF5 fi
     /grid                 attrs: the grid of the frames (as in a nowcast store: projdef, xsize,
                           ysize, xscale, yscale, and where a crop sits on its source grid)
 
-What it shares with `nowcast-plot` (the run's forecast of a window, pictures, refusing to
-replace files) is in nowcast.forecast.
+What it shares with `nowcast-plot` is where its name says: the run, its grid and its forecast
+of a window in nowcast.run, the values in physical units in nowcast.units, the pictures in
+nowcast.drawing, refusing to replace files in nowcast.io.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,8 +40,7 @@ import h5py
 import numpy as np
 from omegaconf import DictConfig
 
-from nowcast.checkpoints import load_checkpoint, load_run_config, resolve_checkpoint
-from nowcast.data.convert import (
+from nowcast.data.frames import (
     FORMATS,
     cap_dbz,
     ordered_frames,
@@ -58,84 +57,17 @@ from nowcast.data.sources import (
     open_hdf5,
     same_grid_value,
 )
-from nowcast.data.store import REFLECTIVITY, VIL, open_store
-from nowcast.data.store_set import configured_paths
-from nowcast.evaluation import to_physical
-from nowcast.forecast import (
-    RUN_HINT,
-    check_plot_format,
-    display_units,
-    display_values,
-    file_stamp,
-    forecast_window,
-    refuse_existing,
-    refusing_existing,
-    require,
-    write_pictures,
-)
-from nowcast.io import written_atomically
-from nowcast.model import frame_multiple
-from nowcast.plotting import STILL_FORMAT, ForecastSequence
-from nowcast.units import normalise
+from nowcast.data.store import REFLECTIVITY, VIL
+from nowcast.drawing import STILL_FORMAT, ForecastSequence, check_plot_format, write_pictures
+from nowcast.io import file_stamp, refuse_existing, refusing_existing, written_atomically
+from nowcast.run import RUN_HINT, ModelGrid, Run, forecast_window, require
+from nowcast.units import display_units, display_values, normalise, to_physical
 
 log = logging.getLogger(__name__)
 
 FORECAST_VERSION = 1
 # Pixel sizes this close (relative) are the same: grid descriptions round them differently.
 PIXEL_SIZE_TOLERANCE = 0.01
-
-
-@dataclass(frozen=True)
-class ModelGrid:
-    """The grid and time step a run's model was trained on: those of its training store.
-
-    Attributes:
-        store: the store they come from.
-        grid: its grid description, xsize and ysize included.
-        quantity: its quantity (DBZH or VIL).
-        minutes_per_frame: its time step.
-        zr: the Z-R relation (a, b) its frames were made with.
-        frame_multiple: the model also takes frames of the store's pixel size on other grids,
-            if their sides are multiples of this; None: only frames on the store's grid.
-    """
-
-    store: Path
-    grid: dict[str, Any]
-    quantity: str
-    minutes_per_frame: float
-    zr: tuple[float, float]
-    frame_multiple: int | None
-
-
-def model_grid(run_dir: Path, reference_store: str | None, run_cfg: DictConfig) -> ModelGrid:
-    """The grid of `reference_store`, or of the store the run was trained on, and the frame
-    sizes the run's model takes.
-
-    Raises:
-        FileNotFoundError: that store is missing.
-    """
-    if reference_store is not None:
-        path = Path(reference_store).expanduser().absolute()
-    elif (run_dir / "split.json").is_file():
-        path = Path(json.loads((run_dir / "split.json").read_text())["store"])
-    else:
-        path = Path(configured_paths(run_cfg.data)[0][0]).expanduser().absolute()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"the store the run was trained on is missing: {path}; nowcast-predict takes the "
-            "model's grid and time step from it: put it back, or pass "
-            "reference_store=<a store on the same grid>"
-        )
-    with open_store(path) as store:
-        _, height, width = store.shape
-        return ModelGrid(
-            store=path,
-            grid={"ysize": height, "xsize": width, **store.grid},
-            quantity=store.quantity,
-            minutes_per_frame=store.minutes_per_frame,
-            zr=store.zr or (run_cfg.data.normalisation.zr_a, run_cfg.data.normalisation.zr_b),
-            frame_multiple=frame_multiple(run_cfg.model),
-        )
 
 
 def detect_format(path: Path) -> str:
@@ -504,15 +436,13 @@ def predict(cfg: DictConfig) -> PredictResult:
             another grid, for a model that takes only its training store's); a bad plot
             format or MP4 without ffmpeg; a checkpoint that does not fit the run.
     """
-    run_dir = Path(require(cfg, "run", RUN_HINT)).expanduser().absolute()
+    run_text = require(cfg, "run", RUN_HINT)
     require(cfg, "input", "pass input=<a folder of radar files, a glob of them, or a store>")
     if cfg.plot is not None:
         check_plot_format(cfg.plot, "plot")
-    run_cfg = load_run_config(run_dir)
-    checkpoint = resolve_checkpoint(run_dir, cfg.checkpoint)
-    n_in, n_out = run_cfg.data.n_in, run_cfg.data.n_out
-    norm = run_cfg.data.normalisation
-    grid = model_grid(run_dir, cfg.reference_store, run_cfg)
+    run = Run.open(run_text, cfg.checkpoint)
+    n_in, n_out, norm = run.n_in, run.n_out, run.norm
+    grid = run.grid(cfg.reference_store)
     latest = read_latest_frames(cfg, grid, n_in, fmt=cfg.format)
     issue_time = int(latest.times[-1])
     if cfg.output is None:
@@ -531,7 +461,7 @@ def predict(cfg: DictConfig) -> PredictResult:
         "Forecasting from %d frames up to %s, issued %s", n_in, latest.labels[-1], iso(issue_time)
     )
 
-    model = load_checkpoint(run_cfg, checkpoint, (*latest.frames.shape[1:], 1))
+    model = run.load_model(latest.frames.shape[1:])
     normalised = normalise(latest.frames, norm)
     normalised_forecast = forecast_window(model, np.nan_to_num(normalised, nan=0.0), {})["model"]
     units = display_units(grid.quantity, None)
@@ -557,8 +487,8 @@ def predict(cfg: DictConfig) -> PredictResult:
             minutes_per_frame=grid.minutes_per_frame,
             grid=latest.grid,
             attributes={
-                "run": str(run_dir),
-                "checkpoint": str(checkpoint),
+                "run": str(run.dir),
+                "checkpoint": str(run.checkpoint),
                 "input": str(cfg.input),
                 **({"zr_a": grid.zr[0], "zr_b": grid.zr[1]} if reflectivity else {}),
             },
@@ -571,16 +501,9 @@ def predict(cfg: DictConfig) -> PredictResult:
                 issue_time=issue_time,
                 minutes_per_frame=grid.minutes_per_frame,
                 unit=units,
-                caption=f"run {run_dir} · checkpoint {checkpoint.name} · input {cfg.input}",
+                caption=f"run {run.dir} · checkpoint {run.checkpoint.name} · input {cfg.input}",
             )
-            write_pictures(
-                sequence,
-                stem,
-                cfg.plot,
-                fps=cfg.fps,
-                max_lead_times=cfg.max_lead_times,
-                replace=cfg.overwrite,
-            )
+            write_pictures(sequence, stem, cfg.plot, cfg)
     return PredictResult(
         path=output,
         pictures=pictures,

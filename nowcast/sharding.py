@@ -4,18 +4,27 @@
 order, so a shard reads one part of the store), and writes its raw totals to
 `<shards_dir>/shard-<i>-of-<n>/shard.json`; `merge=true` sums the n shards into the outputs one
 process would have written. This module holds the parts that need neither TensorFlow nor the
-store, so that the command line checks `shard=` before TensorFlow loads: parsing `shard=`, and
-checking that a folder of shard files holds every shard once, all scored alike.
+store, so that the command line checks `shard=` before TensorFlow loads: parsing `shard=`,
+which windows a shard takes (`shard_windows`), what shard.json holds (`shard_record`,
+`shard_totals`), and checking that a folder of shard files holds every shard once, all scored
+alike. nowcast.evaluation runs these steps.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from nowcast.run import Windows
+
+log = logging.getLogger(__name__)
 
 SHARD_FILE = "shard.json"
 SHARD_FORMAT = "nowcast evaluation shard, version 1"
@@ -78,6 +87,67 @@ def check_shard_options(shard: str | None, merge: bool) -> Shard | None:
             f"them with merge=true and no shard=. Received: shard={shard!r} merge=true"
         )
     return parsed
+
+
+def shard_windows(
+    shard: Shard, windows: Windows, runs: np.ndarray, store_of_window: np.ndarray
+) -> tuple[Windows, np.ndarray, np.ndarray]:
+    """The windows `shard` scores, their run ids, counted over all windows as a merge counts
+    them, and their stores.
+
+    Raises:
+        ValueError: fewer windows than shards (a shard would get none).
+    """
+    if runs.size < shard.count:
+        raise ValueError(
+            f"shard={shard}: there are {runs.size} windows to score, fewer than the "
+            f"{shard.count} shards; score them in shard=i/{runs.size} at most"
+        )
+    order = np.argsort(windows.starts, kind="stable")
+    takes = np.zeros(runs.size, bool)
+    takes[order[shard.takes(runs.size)]] = True
+    log.info("Shard %s: %d of the %d windows", shard, takes.sum(), runs.size)
+    return replace(windows, starts=windows.starts[takes]), runs[takes], store_of_window[takes]
+
+
+def shard_record(
+    shard: Shard,
+    *,
+    scored: dict,
+    per_store: dict[int, dict],
+    several_stores: bool,
+    windows: int,
+    precision: str,
+) -> dict:
+    """shard.json: what was scored (`scored`), which shard, and each method's totals, per-run
+    counts among them (`VerificationAccumulator.to_record`); of several stores, per store.
+
+    Args:
+        per_store: store index -> method -> its accumulator.
+        windows: how many windows the shard scored.
+        precision: the dtype policy of the model's forward pass.
+    """
+    record = {
+        "format": SHARD_FORMAT,
+        "shard": {"index": shard.index, "count": shard.count, "windows": windows},
+        "scored": scored,
+        "model_precision": precision,
+    }
+    totals = {
+        str(member): {name: acc.to_record() for name, acc in accumulators.items()}
+        for member, accumulators in per_store.items()
+    }
+    if several_stores:
+        record["stores"] = totals
+    else:  # as shards of one store have always been written
+        record["accumulators"] = totals["0"]
+    return record
+
+
+def shard_totals(record: dict) -> dict[str, dict]:
+    """A shard's totals per store (by its place in the list); a shard of one store holds them
+    under `accumulators`."""
+    return record["stores"] if "stores" in record else {"0": record["accumulators"]}
 
 
 def read_shards(folder: Path) -> list[tuple[Path, dict]]:

@@ -36,7 +36,6 @@ import csv
 import json
 import logging
 import math
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,17 +53,12 @@ from nowcast.callbacks import (
     LearningRateToLogs,
     NonFiniteLossError,
     StopOnNonFiniteLoss,
-    TrainingBackup,
-    TrainingState,
 )
-from nowcast.checkpoints import (
-    architecture_differences,
-    load_run_config,
-    resolve_checkpoint,
-)
+from nowcast.checkpoints import architecture_differences
 from nowcast.config import TrainConfig, read_saved_config
 from nowcast.data.pipeline import (
     WindowReader,
+    WindowSelection,
     concatenate_batches,
     input_batches,
     select_windows,
@@ -87,8 +81,10 @@ from nowcast.io import (
     written_atomically,
 )
 from nowcast.locks import run_lock
-from nowcast.losses import make_loss
+from nowcast.losses import PixelLoss, make_loss
 from nowcast.model import build_model, frame_multiple
+from nowcast.resume import TrainingBackup, TrainingState
+from nowcast.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -296,34 +292,6 @@ def make_callbacks(
     return [*callbacks, backup], backup
 
 
-def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
-    """The config saved in `run_dir`, with `key=value` overrides, to continue that run.
-
-    Raises:
-        FileNotFoundError: `run_dir` has no config.yaml (it is not a nowcast run directory).
-        ValueError: an override selects a config group option (`model=...`), which cannot be
-            applied to a saved config, or is not a `dotted.key=value`.
-    """
-    run_dir = Path(run_dir).expanduser().absolute()
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        raise FileNotFoundError(
-            f"no config.yaml in {run_dir}: resume=<dir> takes the directory of a training run"
-        )
-    for override in overrides:
-        key = override.split("=", 1)[0]
-        if "." not in key or not key.replace(".", "").replace("_", "").isalnum():
-            raise ValueError(
-                f"with resume=<dir>, the config comes from {saved}; only key=value overrides "
-                f"such as trainer.epochs=20 apply to it. Received: {override!r}"
-            )
-    schema = OmegaConf.structured(TrainConfig)
-    overridden = OmegaConf.from_dotlist(list(overrides))
-    cfg = OmegaConf.merge(schema, read_saved_config(saved), overridden)
-    cfg.paths.output_dir = str(run_dir)
-    return cfg
-
-
 def _leaves(cfg: DictConfig, key: str) -> dict[str, object]:
     """Dotted key -> resolved value of every leaf under `key` (or of `key` itself)."""
     value = OmegaConf.select(cfg, key)
@@ -458,22 +426,108 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
     return TrainResult(history=earlier, run_dir=run_dir, model=model)
 
 
-def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
-    """Train from `state`, writing under `run_dir`; returns the model and this session's epochs."""
+def _fit(
+    cfg: DictConfig,
+    run_dir: Path,
+    state: TrainingState,
+    saved_cfg: DictConfig | None,
+    strategy,
+    extra_callbacks: Sequence[keras.callbacks.Callback],
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train from `state`, writing under `run_dir`; returns the model and this session's epochs.
+
+    `strategy`: from `make_strategy` (None: Keras's default). The steps below run in this order:
+    the seed is set before the first window is read, and the datasets are made before the
+    model is built, so that the random numbers each step draws stay the same.
+    """
     data_cfg, trainer_cfg = cfg.data, cfg.trainer
     loss = make_loss(cfg.loss, data_cfg.normalisation)  # a bad setting fails before any work
     # A resumed run continues from its backup, not from `init`.
     initial = initial_checkpoint(cfg) if cfg.init is not None and not state.weights else None
+    remove_leftovers(run_dir)
+    keras.utils.set_random_seed(trainer_cfg.seed)
+    check_global_batch(data_cfg.batch_size, num_replicas(strategy))
+    windows = split_windows(cfg, run_dir)
+    record_run(cfg, run_dir, state)
+    log.info(
+        "Windows per split: %s", ", ".join(f"{k} {len(v)}" for k, v in windows.starts.items())
+    )
+    batch = data_cfg.batch_size
+    steps_per_epoch = trainer_cfg.steps_per_epoch or len(windows.starts["train"]) // batch
+    total_steps = steps_per_epoch * trainer_cfg.epochs
+    batches = RunBatches(cfg, windows, strategy, total_steps)
+    validation = batches.validation()
+    images = batches.images()
+    model = build_compiled_model(
+        cfg, windows.shapes[0], total_steps=total_steps, loss=loss, initial=initial
+    )
+    log.info(
+        "XLA %s, %d replica(s) with %s",
+        "on" if model.jit_compile else "off",
+        num_replicas(strategy),
+        type(strategy).__name__ if strategy is not None else "the default strategy",
+    )
+    if state.weights:
+        restore_backup(model, cfg, state, saved_cfg)
+    callbacks, backup = make_callbacks(
+        run_dir, cfg, state=state, images=images, extra=extra_callbacks
+    )
+    history = fit_segments(
+        model,
+        cfg,
+        batches,
+        validation,
+        state=state,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks,
+        backup=backup,
+    )
+    with written_atomically(run_dir / "model.keras") as temporary:
+        model.save(temporary)
+    return model, history
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete the temporary files that interrupted writes left in the run directory."""
     for folder in (run_dir, run_dir / "checkpoints", run_dir / "backup"):
         for leftover in remove_temporary_files(folder):
             log.info("Removed %s, left by an interrupted write", leftover)
-    keras.utils.set_random_seed(trainer_cfg.seed)
-    check_global_batch(data_cfg.batch_size, num_replicas(strategy))
+
+
+@dataclass
+class RunWindows:
+    """The windows a run trains and validates on.
+
+    Attributes:
+        store_paths: the stores, read as one sequence (nowcast.data.store_set.StoreSet), those
+            held out whole last.
+        shapes: (height, width) of each store's frames.
+        selection: the windows of each split (`starts`) and the training windows' weights.
+        val_store: (N_val,) the store of each validation window.
+    """
+
+    store_paths: list[Path]
+    shapes: list[tuple[int, int]]
+    selection: WindowSelection
+    val_store: np.ndarray
+
+    @property
+    def starts(self) -> dict[str, np.ndarray]:
+        return self.selection.starts
+
+
+def split_windows(cfg: DictConfig, run_dir: Path) -> RunWindows:
+    """Check the stores against the settings, split their windows and write split.json.
+
+    Raises:
+        ValueError: stores on grids of different sizes without `data.patch_size`, or a patch
+            size the model cannot take.
+    """
+    data_cfg = cfg.data
     training_paths, holdout_paths = resolve_stores(data_cfg)
     store_paths = [*training_paths, *holdout_paths]
     with StoreSet(store_paths, holdout=len(holdout_paths)) as stores:
         shapes = stores.shapes
-        height, width = shapes[0]
         if stores.frame_shape is None and data_cfg.patch_size is None:
             raise ValueError(
                 f"the stores of data.path come on grids of different sizes "
@@ -486,19 +540,60 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
         splits = selection.starts
         write_split(run_dir / "split.json", stores, splits, selection.block_hours)
         val_store = stores.segments[splits["val"]]
+    return RunWindows(store_paths, shapes, selection, val_store)
+
+
+def record_run(cfg: DictConfig, run_dir: Path, state: TrainingState) -> None:
+    """Write config.yaml, and cut metrics.csv to the epochs that `state` has completed."""
     write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     _truncate_metrics(run_dir / "metrics.csv", state.epoch)
-    log.info("Windows per split: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
-    def windows(starts, batch_size, *, weights=None, training=False, positions=None):
-        # In the given order: training windows come in `window_order`.
+
+class RunBatches:
+    """The batches of a run's windows: training (from any step on), validation, and the few
+    windows shown in TensorBoard.
+
+    Args:
+        cfg: the run's config.
+        windows: its windows (`split_windows`).
+        strategy: the distribution strategy (`make_strategy`), or None.
+        total_steps: the training steps of the whole run.
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        windows: RunWindows,
+        strategy,
+        total_steps: int,
+    ) -> None:
+        self.cfg, self.windows, self.strategy = cfg, windows, strategy
+        batch = cfg.data.batch_size
+        # (steps, batch) indices into the training windows, in the order they are trained on.
+        order = window_order(
+            len(windows.starts["train"]), seed=cfg.trainer.seed, count=total_steps * batch
+        )
+        self.order = order.reshape(total_steps, batch)
+
+    def of(
+        self,
+        starts: np.ndarray,
+        batch_size: int,
+        *,
+        weights: np.ndarray | None = None,
+        training: bool = False,
+        positions: np.ndarray | None = None,
+    ):
+        """Batches of the windows at `starts`, in the given order: training windows come in
+        `window_order`."""
+        data_cfg = self.cfg.data
         reader = WindowReader(
-            store_paths,
+            self.windows.store_paths,
             starts,
             n_in=data_cfg.n_in,
             n_out=data_cfg.n_out,
             norm=data_cfg.normalisation,
-            seed=trainer_cfg.seed,
+            seed=self.cfg.trainer.seed,
             weights=weights,
             augment=data_cfg.augment and training,
             patch_size=data_cfg.patch_size if training else None,
@@ -508,18 +603,16 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
             reader, batch_size=batch_size, drop_remainder=training, positions=positions
         )
 
-    batch = data_cfg.batch_size
-    steps_per_epoch = trainer_cfg.steps_per_epoch or len(splits["train"]) // batch
-    total_steps = steps_per_epoch * trainer_cfg.epochs
-    # (steps, batch) indices into the training windows, in the order they are trained on.
-    order = window_order(len(splits["train"]), seed=trainer_cfg.seed, count=total_steps * batch)
-    order = order.reshape(total_steps, batch)
+    def training(self, first_step: int):
+        """The training batches from step `first_step` of the run on, spread over the
+        strategy's replicas."""
+        batch = self.cfg.data.batch_size
+        splits = self.windows.starts
 
-    def training_data(first_step: int):
         def read(indices: np.ndarray, batch_size: int, positions: np.ndarray):
-            weights = selection.train_weights
+            weights = self.windows.selection.train_weights
             weights = None if weights is None else weights[indices]
-            return windows(
+            return self.of(
                 splits["train"][indices],
                 batch_size,
                 weights=weights,
@@ -527,32 +620,56 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
                 positions=positions,
             )
 
-        return distribute_windows(strategy, order[first_step:], read, first_step * batch)
+        return distribute_windows(self.strategy, self.order[first_step:], read, first_step * batch)
 
-    # With validation_steps, the same windows every epoch, so losses compare across epochs,
-    # spread evenly over the split: the first ones would be a few hours of one day's weather.
-    validation_count = (trainer_cfg.validation_steps or len(splits["val"])) * batch
-    chosen = np.isin(splits["val"], evenly_spaced(splits["val"], validation_count))
-    # Whole frames of stores on different grids cannot share a batch: one stretch per store,
-    # in batches cut to the frame size (8 whole radar composites took 31 GB).
-    replicas = num_replicas(strategy)
-    validation = concatenate_batches(
-        [
-            windows(
-                splits["val"][chosen & (val_store == member)],
-                replicas * whole_frame_batch_size(batch // replicas, math.prod(shapes[member])),
-            )
-            for member in np.unique(val_store[chosen])
-        ]
-    )
-    images = None
-    if trainer_cfg.image_samples and keras.backend.backend() == "tensorflow":
+    def validation(self):
+        """The validation batches, the same every epoch."""
+        batch = self.cfg.data.batch_size
+        splits, val_store = self.windows.starts, self.windows.val_store
+        # With validation_steps, the same windows every epoch, so losses compare across epochs,
+        # spread evenly over the split: the first ones would be a few hours of one day's
+        # weather.
+        validation_count = (self.cfg.trainer.validation_steps or len(splits["val"])) * batch
+        chosen = np.isin(splits["val"], evenly_spaced(splits["val"], validation_count))
+        # Whole frames of stores on different grids cannot share a batch: one stretch per
+        # store, in batches cut to the frame size (8 whole radar composites took 31 GB).
+        replicas = num_replicas(self.strategy)
+        shapes = self.windows.shapes
+        return concatenate_batches(
+            [
+                self.of(
+                    splits["val"][chosen & (val_store == member)],
+                    replicas
+                    * whole_frame_batch_size(batch // replicas, math.prod(shapes[member])),
+                )
+                for member in np.unique(val_store[chosen])
+            ]
+        )
+
+    def images(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(inputs, targets) of the first `trainer.image_samples` validation windows of the
+        first store, for TensorBoard; None without them or without TensorFlow."""
+        count = self.cfg.trainer.image_samples
+        if not count or keras.backend.backend() != "tensorflow":
+            return None
+        splits, val_store = self.windows.starts, self.windows.val_store
         first_store = splits["val"][val_store == val_store[0]]
-        samples = first_store[: trainer_cfg.image_samples]
-        inputs, targets = next(iter(windows(samples, len(samples))))
-        images = (keras.ops.convert_to_numpy(inputs), keras.ops.convert_to_numpy(targets))
+        samples = first_store[:count]
+        inputs, targets = next(iter(self.of(samples, len(samples))))
+        return keras.ops.convert_to_numpy(inputs), keras.ops.convert_to_numpy(targets)
 
-    model = build_model(cfg.model, n_out=data_cfg.n_out, input_shape=(height, width, 1))
+
+def build_compiled_model(
+    cfg: DictConfig,
+    frame_shape: tuple[int, int],
+    *,
+    total_steps: int,
+    loss: PixelLoss,
+    initial: Path | None,
+) -> keras.Model:
+    """The configured model for frames of (height, width), from the weights of `initial` if
+    given (fine-tuning), compiled with the run's optimizer and loss."""
+    model = build_model(cfg.model, n_out=cfg.data.n_out, input_shape=(*frame_shape, 1))
     if initial is not None:
         load_initial_weights(model, initial, cfg.init)
         log.info("Starting from the weights of %s", initial)
@@ -560,30 +677,47 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
     model.compile(
         optimizer=make_optimizer(cfg.optimizer, total_steps),
         loss=loss,
-        jit_compile=resolve_jit_compile(trainer_cfg.jit_compile),
+        jit_compile=resolve_jit_compile(cfg.trainer.jit_compile),
     )
-    log.info(
-        "XLA %s, %d replica(s) with %s",
-        "on" if model.jit_compile else "off",
-        num_replicas(strategy),
-        type(strategy).__name__ if strategy is not None else "the default strategy",
-    )
-    if state.weights:
-        _restore(model, Path(cfg.paths.output_dir).absolute() / "backup" / state.weights)
-        model.stop_training = state.stopped_early
-        rate = cfg.optimizer.learning_rate
-        if (
-            cfg.optimizer.schedule in ("constant", "plateau")
-            and saved_cfg.optimizer.learning_rate != rate
-        ):
-            # The backup holds the rate as an optimizer variable; a rate set anew wins.
-            model.optimizer.learning_rate = rate
+    return model
 
-    callbacks, backup = make_callbacks(
-        run_dir, cfg, state=state, images=images, extra=extra_callbacks
-    )
+
+def restore_backup(
+    model: keras.Model, cfg: DictConfig, state: TrainingState, saved_cfg: DictConfig
+) -> None:
+    """Load the backup of `state` into the compiled model, to continue the run (`saved_cfg`:
+    the config it was started with)."""
+    _restore(model, Path(cfg.paths.output_dir).absolute() / "backup" / state.weights)
+    model.stop_training = state.stopped_early
+    rate = cfg.optimizer.learning_rate
+    if (
+        cfg.optimizer.schedule in ("constant", "plateau")
+        and saved_cfg.optimizer.learning_rate != rate
+    ):
+        # The backup holds the rate as an optimizer variable; a rate set anew wins.
+        model.optimizer.learning_rate = rate
+
+
+def fit_segments(
+    model: keras.Model,
+    cfg: DictConfig,
+    batches: RunBatches,
+    validation,
+    *,
+    state: TrainingState,
+    steps_per_epoch: int,
+    callbacks: list[keras.callbacks.Callback],
+    backup: TrainingBackup,
+) -> dict[str, list[float]]:
+    """Keras `fit` from `state` to `trainer.epochs`: an interrupted epoch first, on its own,
+    then the remaining epochs. Returns this session's epochs, metric name -> values.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite; the message says where the
+            backup stands and how to continue.
+    """
+    trainer_cfg = cfg.trainer
     history: dict[str, list[float]] = {}
-    # An interrupted epoch is finished first, on its own, then the remaining epochs.
     segments = [(state.epoch, state.epoch + 1, state.step)] if state.step else []
     segments.append((state.epoch + bool(state.step), trainer_cfg.epochs, 0))
     try:
@@ -592,7 +726,7 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
                 continue
             backup.start(first_epoch, step, steps_per_epoch)
             fitted = model.fit(
-                training_data(first_epoch * steps_per_epoch + step),
+                batches.training(first_epoch * steps_per_epoch + step),
                 validation_data=validation,
                 initial_epoch=first_epoch,
                 epochs=end_epoch,
@@ -611,9 +745,7 @@ def _fit(cfg, run_dir, state, saved_cfg, strategy, extra_callbacks):
             "continue from it with a lower rate: "
             "nowcast-train resume=<dir> optimizer.learning_rate=<lower>"
         ) from None
-    with written_atomically(run_dir / "model.keras") as temporary:
-        model.save(temporary)
-    return model, history
+    return history
 
 
 def initial_checkpoint(cfg: DictConfig) -> Path:
@@ -635,8 +767,9 @@ def initial_checkpoint(cfg: DictConfig) -> Path:
         )
     checkpoint = source
     if source.is_dir():
-        checkpoint = resolve_checkpoint(source, "best")
-        trained_on = OmegaConf.to_container(load_run_config(source).data.normalisation)
+        run = Run.open(source, "best")
+        checkpoint = run.checkpoint
+        trained_on = OmegaConf.to_container(run.norm)
         this_run = OmegaConf.to_container(cfg.data.normalisation)
         if trained_on != this_run:
             raise ValueError(

@@ -19,14 +19,43 @@ CPU_DEVICES = 2
 
 def pytest_configure(config):
     """Split the CPU into two logical devices before TensorFlow starts, so MirroredStrategy
-    can be tested in-process; single-device code keeps using the first."""
-    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+    can be tested in-process; single-device code keeps using the first. Turn TF32 off, so that
+    float32 matrix products and convolutions on an Ampere-or-newer GPU keep float32's
+    precision and the 1e-5 reference and golden tests hold there as on a CPU. Each backend is
+    imported only when it is the active one."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend == "tensorflow":
         import tensorflow as tf
 
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * CPU_DEVICES
         )
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    elif backend == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def gpu_count() -> int:
+    """GPUs the active Keras backend sees."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "jax":
+        import jax
+
+        return sum(device.platform == "gpu" for device in jax.devices())
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked `gpu` where the active backend finds no GPU."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if gpu_tests and gpu_count() == 0:
+        skip = pytest.mark.skip(reason="needs a GPU; none found")
+        for item in gpu_tests:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

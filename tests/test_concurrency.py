@@ -25,11 +25,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from nowcast.config import config_dir, register_configs
-from nowcast.data.synthetic import resolve_store, write_synthetic_store
+from nowcast.data.store_set import resolve_store
+from nowcast.data.synthetic import write_synthetic_store
 from nowcast.evaluation import evaluate
 from nowcast.io import TEMPORARY_PREFIX, publish_new
 from nowcast.locks import RUN_LOCK, LockedError, output_lock, run_lock
-from nowcast.pictures import plot_run
+from nowcast.plotting import plot_run
 from nowcast.prediction import predict
 from nowcast.training import _restore, train
 

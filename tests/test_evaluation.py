@@ -16,17 +16,19 @@ from omegaconf import OmegaConf
 from nowcast.config import MetricsConfig, NormalisationConfig
 from nowcast.data.store import REFLECTIVITY, write_store
 from nowcast.distribute import choose_precision, dtype_policy
-from nowcast.evaluation import (
-    consecutive_runs,
-    evaluate,
-    head_to_head,
-    run_baselines,
+from nowcast.evaluation import evaluate
+from nowcast.metrics import categorical_scores
+from nowcast.model import build_model
+from nowcast.reports import consecutive_runs, head_to_head
+from nowcast.run import Run
+from nowcast.units import (
+    dbz_to_rain,
+    denormalise,
+    normalise,
+    rain_to_dbz,
     scoring_for,
     to_physical,
 )
-from nowcast.metrics import categorical_scores
-from nowcast.model import build_model
-from nowcast.units import dbz_to_rain, denormalise, normalise, rain_to_dbz
 
 METHODS = ["model", "persistence", "optical_flow", "block_matching"]
 
@@ -461,7 +463,8 @@ def test_baselines_are_set_up_as_the_runs_model():
             "model": {"advection_max_speed": 2},
         }
     )
-    baselines = run_baselines(["persistence", "block_matching", "sprog"], run_cfg)
+    run = Run(Path("run"), run_cfg, Path("run/checkpoints/best.keras"))
+    baselines = run.baselines(["persistence", "block_matching", "sprog"])
     assert list(baselines) == ["persistence", "block_matching", "sprog"]
     assert baselines["persistence"].n_out == baselines["block_matching"].n_out == 3
     assert baselines["sprog"].n_out == 3
@@ -469,9 +472,9 @@ def test_baselines_are_set_up_as_the_runs_model():
     assert baselines["sprog"].norm == norm
     # S-PROG fits an AR(2) model to the 3 newest frames.
     run_cfg.data.n_in = 2
-    assert list(run_baselines(["optical_flow"], run_cfg)) == ["optical_flow"]
+    assert list(run.baselines(["optical_flow"])) == ["optical_flow"]
     with pytest.raises(ValueError, match=r"sprog baseline needs at least 3 .* data.n_in=2; lea"):
-        run_baselines(["optical_flow", "sprog"], run_cfg)
+        run.baselines(["optical_flow", "sprog"])
 
 
 def test_rain_rates_only_where_there_is_echo_match_the_whole_field():

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from nowcast.callbacks import TrainingState
 from nowcast.io import TEMPORARY_PREFIX
+from nowcast.resume import TrainingState
 from nowcast.training import train
 
 # Two epochs of four steps with a backup after every step: a save every fraction of a second.

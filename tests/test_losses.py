@@ -4,7 +4,8 @@ import pytest
 from keras import ops
 
 from nowcast.config import LossConfig, NormalisationConfig
-from nowcast.losses import LOSS_NAMES, PixelLoss, make_loss, rain_rate_weights
+from nowcast.losses import LOSS_NAMES, PixelLoss, make_loss
+from nowcast.metrics import rain_rate_weights
 from nowcast.units import rain_threshold_to_normalised
 
 

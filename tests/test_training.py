@@ -17,7 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from nowcast import distribute
-from nowcast.callbacks import NonFiniteLossError, TrainingState
+from nowcast.callbacks import NonFiniteLossError
 from nowcast.config import config_dir, register_configs
 from nowcast.distribute import (
     check_global_batch,
@@ -27,7 +27,17 @@ from nowcast.distribute import (
     make_strategy,
     resolve_jit_compile,
 )
-from nowcast.training import evenly_spaced, make_optimizer, resume_config, train, window_order
+from nowcast.losses import make_loss
+from nowcast.resume import TrainingState, resume_config
+from nowcast.training import (
+    RunBatches,
+    build_compiled_model,
+    evenly_spaced,
+    make_optimizer,
+    split_windows,
+    train,
+    window_order,
+)
 
 # Two epochs of three steps, a backup every two steps: enough to interrupt mid-epoch.
 REFERENCE = (
@@ -94,6 +104,25 @@ def assert_same_history(history, expected, rtol=1e-5):
     assert history.keys() == expected.keys()
     for name in expected:
         np.testing.assert_allclose(history[name], expected[name], rtol=rtol, err_msg=name)
+
+
+def test_the_steps_of_a_fit_can_be_called_one_by_one(fast_config, tmp_path):
+    """The windows (split.json written), their batches and the compiled model, as `_fit` makes
+    them, without training."""
+    cfg = fast_config(f"paths.output_dir={tmp_path}")
+    windows = split_windows(cfg, tmp_path)
+    assert json.loads((tmp_path / "split.json").read_text())["splits"].keys() == {
+        "train",
+        "val",
+        "test",
+    }
+    assert not set(windows.starts["train"]) & set(windows.starts["val"])
+    batches = RunBatches(cfg, windows, None, total_steps=2)
+    inputs, targets = next(iter(batches.training(1)))[:2]
+    assert tuple(inputs.shape) == (2, 3, 32, 32, 1) and tuple(targets.shape) == (2, 3, 32, 32, 1)
+    loss = make_loss(cfg.loss, cfg.data.normalisation)
+    model = build_compiled_model(cfg, windows.shapes[0], total_steps=2, loss=loss, initial=None)
+    assert model.compiled and tuple(model(inputs).shape) == (2, 3, 32, 32, 1)
 
 
 def test_run_directory_holds_models_logs_and_state(reference):

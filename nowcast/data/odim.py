@@ -1,6 +1,7 @@
 """ODIM_H5 composites (the EUMETNET OPERA standard): one file per time.
 
-Layout read (REFERENCES.md section 4)::
+Layout read (Michelson et al. 2014, EUMETNET OPERA weather radar information model for
+implementation with the HDF5 file format, version 2.2)::
 
     /what                 date (YYYYMMDD), time (HHMMSS): the nominal time of the product
     /where                projdef, xsize, ysize, xscale, yscale (m), LL_lon, LL_lat, UL_...,

@@ -1,6 +1,7 @@
 """SEVIR vertically integrated liquid (VIL) event files, with the times from SEVIR's catalog.
 
-Layout read (REFERENCES.md section 4)::
+Layout read (Veillette, Samsi and Mattioli 2020, SEVIR: A Storm Event Imagery Dataset for Deep
+Learning Applications in Radar and Satellite Meteorology)::
 
     <file>.h5   id   (N,) bytes: event ids, e.g. b"S728503"
                 vil  (N, H, W, T) uint8: N events of T 5-minute frames (384 x 384 x 49 in SEVIR)
@@ -38,7 +39,7 @@ _LINEAR_TOP_LEVEL = 18.0  # levels 5-18 are linear in kg/m^2, above exponential
 
 
 def vil_level_to_kg_m2(levels: np.ndarray) -> np.ndarray:
-    """SEVIR VIL levels to kg/m^2 (REFERENCES.md section 3); NaN stays NaN.
+    """SEVIR VIL levels to kg/m^2 (Veillette et al. 2020); NaN stays NaN.
 
     0 for levels <= 5; (X - 2) / 90.66 for 5 < X <= 18; exp((X - 83.9) / 38.9) above.
     """

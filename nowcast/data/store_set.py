@@ -8,6 +8,9 @@ crosses from one store into the next, and the split deals each store's blocks of
 
 All stores of a set must have the same time step and quantity: a model learns one step and one
 unit. Their grids may differ; whole frames of different stores then never share a batch.
+
+Which stores a data config names is found here too (`resolve_store`, `configured_paths`,
+`resolve_stores`), the synthetic set written first where it is missing.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig
 
 from nowcast.data.store import CodedFrames, Store, StoreError
-from nowcast.data.synthetic import resolve_store
+from nowcast.data.synthetic import write_missing_synthetic_store
 
 
 def _as_list(value) -> list[str]:
@@ -30,6 +33,27 @@ def _as_list(value) -> list[str]:
     if isinstance(value, (list, tuple, ListConfig)):
         return [str(item) for item in value]
     return [str(value)]
+
+
+def resolve_store(data_cfg: DictConfig) -> Path:
+    """The path of the store a data config names (`data.path`); the synthetic set is written
+    there first if it is missing (`data.name=synthetic`).
+
+    Raises:
+        ValueError: `data.path` is empty.
+        FileNotFoundError: a store other than the synthetic one does not exist.
+    """
+    if not str(data_cfg.path).strip():
+        raise ValueError("data.path is empty; set data.path=<store.h5>")
+    path = Path(data_cfg.path).expanduser().absolute()
+    if path.exists():
+        return path
+    if data_cfg.name != "synthetic":
+        raise FileNotFoundError(
+            f"data store not found: {path}; convert your radar files with `nowcast-data convert` "
+            "or set data.path=<store.h5>"
+        )
+    return write_missing_synthetic_store(path, data_cfg.synthetic)
 
 
 def configured_paths(data_cfg: DictConfig) -> tuple[list[str], list[str]]:

@@ -1,9 +1,10 @@
 """The embedded default data set: synthetic radar reflectivity that behaves like real composites.
 
-It is built to be honest (see REFERENCES.md section 8): learnable, because echoes move with a
-smooth wind that the input frames reveal, and hard, because that wind varies in space and
-turns over hours, convective cells grow, split and decay within 20-60 minutes and new ones
-start on the flanks of old ones, so the last frame (persistence) is a poor forecast.
+It is built to be honest (docs/data.md, "The synthetic set against real radar"): learnable,
+because echoes move with a smooth wind that the input frames reveal, and hard, because that
+wind varies in space and turns over hours, convective cells grow, split and decay within 20-60
+minutes and new ones start on the flanks of old ones, so the last frame (persistence) is a poor
+forecast.
 
 What is simulated, on a grid of `pixel_km` and a step of `minutes_per_frame`:
 
@@ -41,7 +42,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
 
 from nowcast.config import SyntheticConfig
 from nowcast.data.store import UNDETECT_DBZ, StoreWriter
@@ -612,30 +612,16 @@ def synthetic_store_writer(
     )
 
 
-def resolve_store(data_cfg: DictConfig) -> Path:
-    """The path of the store a data config names (`data.path`); the synthetic set is written
-    there first if it is missing (`data.name=synthetic`).
+def write_missing_synthetic_store(path: Path, cfg: SyntheticConfig) -> Path:
+    """Write the synthetic set to `path`, where it is missing (`resolve_store`); returns `path`.
 
-    Raises:
-        ValueError: `data.path` is empty.
-        FileNotFoundError: a store other than the synthetic one does not exist.
+    Another run that started at the same time may write it first: that one is used, as if it
+    had been there from the start.
     """
-    if not str(data_cfg.path).strip():
-        raise ValueError("data.path is empty; set data.path=<store.h5>")
-    path = Path(data_cfg.path).expanduser().absolute()
-    if path.exists():
-        return path
-    if data_cfg.name != "synthetic":
-        raise FileNotFoundError(
-            f"data store not found: {path}; convert your radar files with `nowcast-data convert` "
-            "or set data.path=<store.h5>"
-        )
     log.info("Writing the synthetic radar-echo set to %s", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return write_synthetic_store(path, data_cfg.synthetic)
+        return write_synthetic_store(path, cfg)
     except FileExistsError:
-        # Another run (started at the same time) wrote it first; it is used as if it had been
-        # there from the start.
         log.info("Another process wrote %s meanwhile; using that one", path)
         return path

@@ -13,38 +13,10 @@ from numbers import Real
 import keras
 from keras import ops
 
+from nowcast.model.arguments import flag, int_pair, positive_int
+
 # Variance floor of the optional layer normalisation.
 LAYER_NORM_EPSILON = 1e-5
-
-
-def _positive_int(value, name: str) -> int:
-    """`value` as an int, or a ValueError that says what was received."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return value
-
-
-def _int_pair(value, name: str) -> tuple[int, int]:
-    """An int or a pair of ints (height, width) as a pair of positive ints."""
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        raise ValueError(
-            f"`{name}` must be a positive integer or a pair of them (height, width). "
-            f"Received: {name}={value!r}"
-        )
-    for item in pair:
-        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
-            raise ValueError(
-                f"`{name}` must be a positive integer or a pair of them (height, width). "
-                f"Received: {name}={value!r}"
-            )
-    return tuple(pair)
-
-
-def _flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    return value
 
 
 def _layer_norm(x, gamma, beta, groups: int):
@@ -62,7 +34,7 @@ def _layer_norm(x, gamma, beta, groups: int):
 
 @keras.saving.register_keras_serializable(package="nowcast")
 class FusedConvLSTMCell(keras.layers.Layer):
-    """Convolutional LSTM cell with one fused convolution for all four gates (the seed's cell).
+    """Convolutional LSTM cell with one fused convolution for all four gates.
 
     One 2-D convolution ('same' padding, stride 1) over the channel concatenation
     `[x_t, h_{t-1}]` gives 4*filters channels plus a bias, split in the order (i, j, f, o):
@@ -70,7 +42,10 @@ class FusedConvLSTMCell(keras.layers.Layer):
         c_t = c_{t-1} * sigmoid(f + forget_bias) + sigmoid(i) * activation(j)
         h_t = activation(c_t) * sigmoid(o)
 
-    so a step costs one convolution instead of the eight of `keras.layers.ConvLSTM2D`.
+    so a step costs one convolution instead of the eight of `keras.layers.ConvLSTM2D`. The cell
+    is Shi et al. (2015), Convolutional LSTM Network: A Machine Learning Approach for
+    Precipitation Nowcasting, in the fused-kernel layout of TensorFlow 1's
+    `tf.contrib.rnn.ConvLSTMCell` (gate order and a forget bias added at run time).
     Keras's (i, f, c, o) gate order appears only in the reference test.
 
     Weights: `kernel` (kh, kw, C_in + filters, 4*filters), its input channels first, then
@@ -131,15 +106,15 @@ class FusedConvLSTMCell(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.filters = _positive_int(filters, "filters")
-        self.kernel_size = _int_pair(kernel_size, "kernel_size")
+        self.filters = positive_int(filters, "filters")
+        self.kernel_size = int_pair(kernel_size, "kernel_size")
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, Real):
             raise ValueError(f"`forget_bias` must be a number. Received: {forget_bias=!r}")
         self.forget_bias = float(forget_bias)
         self.activation = keras.activations.get(activation)
-        self.peephole = _flag(peephole, "peephole")
-        self.layer_norm = _flag(layer_norm, "layer_norm")
-        self.dilation_rate = _int_pair(dilation_rate, "dilation_rate")
+        self.peephole = flag(peephole, "peephole")
+        self.layer_norm = flag(layer_norm, "layer_norm")
+        self.dilation_rate = int_pair(dilation_rate, "dilation_rate")
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.state_size = [self.filters, self.filters]
@@ -280,7 +255,7 @@ class ConvLSTM(keras.layers.Layer):
     """A `FusedConvLSTMCell` unrolled over time in Python (static unroll).
 
     Sequences here are short (5 to 20 frames), and a static unroll is as fast as a while loop
-    on the CPU or faster, and lets XLA see the whole graph on a GPU (REFERENCES.md §9).
+    on the CPU or faster, and lets XLA see the whole graph on a GPU (docs/benchmarks.md).
 
     The cell's function and weights, computed with fewer and larger ops: the fused kernel is
     split along its input-channel axis, the convolution of the inputs of all steps runs once
@@ -339,7 +314,7 @@ class ConvLSTM(keras.layers.Layer):
                     "Without inputs, ConvLSTM needs both `initial_state` and `steps`. "
                     f"Received: initial_state={initial_state}, steps={steps}"
                 )
-            steps = _positive_int(steps, "steps")
+            steps = positive_int(steps, "steps")
         elif inputs.shape[1] is None or (steps is not None and steps != inputs.shape[1]):
             raise ValueError(
                 "ConvLSTM unrolls over a known number of frames: inputs.shape[1] must be "

@@ -13,7 +13,8 @@ import keras
 from keras import ops
 
 from nowcast.model.advection import DEFAULT_MAX_SPEED, advect, estimate_motion
-from nowcast.model.cell import ConvLSTM, _int_pair, _positive_int
+from nowcast.model.arguments import int_pair, positive_int
+from nowcast.model.cell import ConvLSTM
 from nowcast.model.matching import match_distribution
 
 # The recurrent layers a model can be built with: our fused-gate ConvLSTM, or Keras's own.
@@ -42,8 +43,8 @@ def _checked_stages(stages) -> list[dict]:
             )
         plain = {key: stage[key] for key in STAGE_KEYS}
         for key in ("filters", "downsample_filters", "downsample_kernel", "downsample_stride"):
-            _positive_int(plain[key], f"stages[{k}].{key}")
-        _int_pair(plain["kernel_size"], f"stages[{k}].kernel_size")
+            positive_int(plain[key], f"stages[{k}].{key}")
+        int_pair(plain["kernel_size"], f"stages[{k}].kernel_size")
         if plain["downsample_stride"] > plain["downsample_kernel"]:
             raise ValueError(
                 f"stages[{k}].downsample_stride={plain['downsample_stride']} is larger than "
@@ -140,9 +141,9 @@ class EncoderForecaster(keras.Model):
         # the same in every precision, and so is `block_matching` scored from the model's pass.
         super().__init__(autocast=False, **kwargs)
         self.stages = _checked_stages(stages)
-        self.n_out = _positive_int(n_out, "n_out")
-        self.out_channels = _positive_int(out_channels, "out_channels")
-        self.head_filters = _positive_int(head_filters, "head_filters")
+        self.n_out = positive_int(n_out, "n_out")
+        self.out_channels = positive_int(out_channels, "out_channels")
+        self.head_filters = positive_int(head_filters, "head_filters")
         self.forget_bias = forget_bias
         self.activation = activation
         self.peephole = peephole
@@ -180,7 +181,7 @@ class EncoderForecaster(keras.Model):
                 f"hands the head its own frame). Received: {advection=!r}, {last_frame_skip=!r}"
             )
         self.advection = advection
-        self.advection_max_speed = _positive_int(advection_max_speed, "advection_max_speed")
+        self.advection_max_speed = positive_int(advection_max_speed, "advection_max_speed")
         if not isinstance(probability_matching, bool) or (probability_matching and not advection):
             raise ValueError(
                 "`probability_matching` must be True or False, and True only with `advection` "

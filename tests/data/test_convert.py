@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from radar_files import ODIM_PROJDEF, write_knmi, write_odim, write_sevir
 
 from nowcast.config import ConvertCommandConfig, DataConfig
-from nowcast.data.convert import convert, regrid
+from nowcast.data.convert import convert
+from nowcast.data.frames import regrid
 from nowcast.data.pipeline import select_windows
 from nowcast.data.sevir import vil_kg_m2_to_level, vil_level_to_kg_m2
 from nowcast.data.store import Store

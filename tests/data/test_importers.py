@@ -361,7 +361,8 @@ def test_a_file_pysteps_cannot_read_is_one_line_naming_it(tmp_path):
 
 def test_predict_reads_the_newest_frames_of_a_format_read_through_pysteps(tmp_path):
     pytest.importorskip("PIL")
-    from nowcast.prediction import ModelGrid, read_latest_frames
+    from nowcast.prediction import read_latest_frames
+    from nowcast.run import ModelGrid
 
     folder = _mch_folder(tmp_path / "mch")
     store = _convert("mch", folder, tmp_path)

@@ -14,7 +14,8 @@ def _seed():
     keras.utils.set_random_seed(0)
 
 
-# NumPy reference of the seed's equations (float64), independent of the implementation.
+# NumPy reference of the cell's equations (FusedConvLSTMCell's docstring), in float64,
+# independent of the implementation.
 
 
 def _sigmoid(x):
@@ -96,8 +97,9 @@ def _gradients(layer, loss_fn, *args):
 
 
 def test_seed_example_shapes():
-    # The seed's test feeds time-major (T, B, H, W, C) = (5, 2, 3, 3, 3); keras.layers.RNN wants
-    # batch-major, so transpose to (B, T, ...) on the way in and back on the way out.
+    # A time-major input (T, B, H, W, C) = (5, 2, 3, 3, 3), as TensorFlow 1's RNNs took it;
+    # keras.layers.RNN wants batch-major, so transpose to (B, T, ...) on the way in and back on
+    # the way out.
     inputs_tbhwc = np.random.default_rng(0).random((5, 2, 3, 3, 3), dtype=np.float32)
     rnn = keras.layers.RNN(
         FusedConvLSTMCell(filters=6, kernel_size=3), return_sequences=True, return_state=True
@@ -204,6 +206,14 @@ def test_matches_keras_conv_lstm2d():
 
     for got, want in zip(fused(xs), reference(xs), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+def test_matches_keras_conv_lstm2d_on_the_gpu():
+    """On an Ampere-or-newer GPU, TF32 (on by default) rounds float32 products to 10 mantissa
+    bits and the comparison above fails at 1e-5; conftest.py turns it off."""
+    with keras.device("gpu:0"):
+        test_matches_keras_conv_lstm2d()
 
 
 def test_cell_without_input_frames_runs_on_the_state_alone():

@@ -1,0 +1,37 @@
+"""A trained run as the commands ask for it (nowcast.run.Run)."""
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from nowcast.run import RUN_HINT, Run, forecast_window
+
+
+def test_a_run_answers_what_each_command_asks(tiny_run):
+    run = Run.open(tiny_run, "last")
+    assert run.dir == tiny_run and run.checkpoint == tiny_run / "checkpoints" / "last.keras"
+    assert (run.n_in, run.n_out) == (3, 3) and run.norm == run.config.data.normalisation
+    windows = run.windows("test")
+    assert windows.split_from == str(tiny_run / "split.json") and windows.starts.size > 0
+    grid = run.grid()
+    assert (grid.grid["ysize"], grid.grid["xsize"]) == (32, 32) and grid.store == windows.stores[0]
+    with windows.open() as stores:
+        start = int(windows.starts[0])
+        frames = stores.read(start, start + run.n_in)  # (n_in, H, W) dBZ
+    inputs = np.zeros_like(frames, dtype=np.float32)
+    forecasts = forecast_window(run.load_model((32, 32)), inputs, run.baselines(["persistence"]))
+    assert {name: f.shape for name, f in forecasts.items()} == {
+        "model": (3, 32, 32),
+        "persistence": (3, 32, 32),
+    }
+
+
+def test_a_command_without_run_is_told_what_to_pass():
+    cfg = OmegaConf.create({"run": "???", "checkpoint": "best"})
+    with pytest.raises(ValueError, match=f"^no run given; {RUN_HINT}$"):
+        Run.from_config(cfg)
+
+
+def test_a_missing_checkpoint_lists_the_runs_own(tiny_run):
+    with pytest.raises(FileNotFoundError, match=r"the run's checkpoints: best.keras, last.keras"):
+        Run.open(tiny_run, str(tiny_run / "other.keras"))
