@@ -203,7 +203,31 @@ class Run:
                 f"the {split} split of {windows.described} has no windows; choose another split= "
                 "or data.split fractions"
             )
+        if data is not None:
+            self._check_time_step(windows)
         return windows
+
+    def _check_time_step(self, windows: Windows) -> None:
+        """Refuse stores of another time step than the run's: its lead times are frames, so a
+        10-minute archive scored by a 5-minute model would be scored at leads it never made.
+
+        The run's time step comes from the store it trained on; where that is gone, the
+        stores are scored unchecked.
+        """
+        trained_on = Path(configured_paths(self.config.data)[0][0]).expanduser().absolute()
+        if not trained_on.is_file():
+            return
+        with open_store(trained_on) as store:
+            expected = store.minutes_per_frame
+        with windows.open() as stores:
+            for member in stores.members:
+                if member.minutes_per_frame != expected:
+                    raise ValueError(
+                        f"{member.path} has a time step of {member.minutes_per_frame:g} min, but "
+                        f"the run was trained on {expected:g}-minute frames ({trained_on}): its "
+                        "lead times are frames, so it would be scored at leads it never "
+                        "forecast; score stores of the run's time step, or train a run on this one"
+                    )
 
     def baselines(self, names: list[str]) -> dict[str, Callable]:
         """Name -> forecaster for each baseline in `names`, set up as the run's model is: its

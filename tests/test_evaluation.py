@@ -214,6 +214,18 @@ def test_split_all_scores_every_valid_window_of_another_store(tiny_run, evaluate
     assert strict.metrics["data"]["windows"] == 9 - 5  # starts 4-8 hold frame 9
 
 
+def test_a_store_of_another_time_step_is_refused(tiny_run, evaluate_config, tmp_path):
+    """The run's lead times are frames: a 10-minute store would be scored at 10-120 min."""
+    frames = np.full((14, 32, 32), 30.0, np.float32)
+    path = write_store(tmp_path / "ten.h5", frames, np.arange(14) * 600, grid={},
+                       minutes_per_frame=10)  # fmt: skip
+    cfg = evaluate_config(f"run={tiny_run}", "data=knmi", f"data.path={path}", "split=all")
+    with pytest.raises(ValueError, match=r"ten.h5 has a time step of 10 min, but the run was "
+                       r"trained on 5-minute frames"):  # fmt: skip
+        evaluate(cfg)
+    assert not (tmp_path / "evaluation").exists()
+
+
 def test_bad_run_directories_and_checkpoints_are_one_line(
     tiny_run, evaluate_config, tmp_path, capsys
 ):
