@@ -252,7 +252,19 @@ def _train(cfg: DictConfig) -> None:
     if not OmegaConf.is_missing(cfg, "resume"):
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
         cfg = run_reporting_errors(lambda: resume_config(cfg.resume, overrides))
-    result = run_reporting_errors(lambda: train(cfg), USER_ERRORS + (NonFiniteLossError,))
+    try:
+        result = run_reporting_errors(lambda: train(cfg), USER_ERRORS + (NonFiniteLossError,))
+    except KeyboardInterrupt:
+        if os.environ.get("NOWCAST_DEBUG"):
+            raise
+        # Ctrl-C: every file of the run is whole (written under a temporary name, then
+        # renamed), so the run continues from its last backup.
+        print(
+            "\nnowcast: interrupted; continue from the last backup with: nowcast-train "
+            f"resume={HydraConfig.get().runtime.output_dir}",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     run_dir = result.run_dir
     print(f"\nRun directory: {run_dir}")
     for name, what in [

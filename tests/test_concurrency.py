@@ -232,6 +232,23 @@ def test_a_training_killed_while_another_was_refused_resumes_to_a_lone_runs_weig
     assert not (run_dir / RUN_LOCK).exists() and no_temporary_files(run_dir)
 
 
+def test_ctrl_c_on_a_training_is_one_line_naming_the_resume(tmp_path, tiny_store):
+    """Ctrl-C printed Keras's traceback; the run's files are whole, so say how to go on."""
+    run_dir = tmp_path / "run"
+    long = [o for o in TINY if not o.startswith("trainer.epochs=")] + ["trainer.epochs=100"]
+    training = start("nowcast-train", *long, f"data.path={tiny_store}", f"hydra.run.dir={run_dir}",
+                     cwd=tmp_path)  # fmt: skip
+    wait_for((run_dir / "backup" / "state.json").exists, training, "a backup")
+    training.send_signal(signal.SIGINT)
+    done = finish(training)
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"nowcast: interrupted; continue from the last backup with: nowcast-train resume={run_dir}"
+    )
+    assert "Traceback" not in done.stderr
+    assert not (run_dir / RUN_LOCK).exists() and no_temporary_files(run_dir)
+
+
 def test_a_backup_removed_by_another_process_is_not_called_corrupt(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
