@@ -186,7 +186,9 @@ def plot_run(cfg: DictConfig) -> PlotResult:
         " (the wettest; pass sample=<index or time> for another)" if cfg.sample is None else "",
     )
     output_dir = Path(cfg.paths.output_dir).expanduser().absolute()
-    stem = output_dir / f"forecast_{file_stamp(issue_time)}"
+    # A picture in another unit than the quantity's default sits beside the default one.
+    in_other_units = "" if units == display_units(quantity, None) else f"_{units}"
+    stem = output_dir / f"forecast_{file_stamp(issue_time)}{in_other_units}"
     formats = [cfg.format, STILL_FORMAT] if cfg.format != STILL_FORMAT else [STILL_FORMAT]
     hint = "sample=<another window>"
     refuse_existing([stem.with_suffix(f".{f}") for f in formats], cfg.overwrite, hint)

@@ -41,19 +41,19 @@ def test_plot_a_window_by_time_with_the_skill_of_the_evaluation(tiny_run, tmp_pa
     split = json.loads((tiny_run / "split.json").read_text())["splits"]["test"]
     start = datetime.fromisoformat(split["start_times"][12].replace("Z", "+00:00"))
     issued = start + timedelta(minutes=10)  # the newest of the 3 input frames
-    cfg = compose_command(
+    window = [
         "plot",
         f"run={tiny_run}",
         f"paths.output_dir={plots}",
         f"evaluation={evaluation}",
         "baselines=[persistence]",
         "format=png",
-        "units=dBZ",
         f"sample={issued:%Y-%m-%dT%H:%M}Z",
-    )
+    ]
+    cfg = compose_command(*window, "units=dBZ")
     result = plot_run(cfg)
     assert result.window == 12 and result.issue_time == issued.timestamp()
-    name = f"forecast_{issued:%Y%m%dT%H%MZ}.png"
+    name = f"forecast_{issued:%Y%m%dT%H%MZ}_dBZ.png"  # beside the mm/h picture, not in its place
     assert result.files == [plots / name]
     skill = [f"skill_{s}.png" for s in ("csi", "pod", "far", "hss", "ets", "bias")]
     assert [p.name for p in result.skill_files] == skill
@@ -63,6 +63,9 @@ def test_plot_a_window_by_time_with_the_skill_of_the_evaluation(tiny_run, tmp_pa
 
     line = fails_with_one_line(lambda: plot_run(cfg), capsys)
     assert f"{plots / name} exists; pass overwrite=true" in line
+    in_rain_rate = plot_run(compose_command(*window))
+    assert in_rain_rate.files == [plots / f"forecast_{issued:%Y%m%dT%H%MZ}.png"]
+    assert (plots / name).is_file()
 
 
 @pytest.mark.parametrize(
