@@ -236,8 +236,16 @@ def test_ctrl_c_on_a_training_is_one_line_naming_the_resume(tmp_path, tiny_store
     """Ctrl-C printed Keras's traceback; the run's files are whole, so say how to go on."""
     run_dir = tmp_path / "run"
     long = [o for o in TINY if not o.startswith("trainer.epochs=")] + ["trainer.epochs=100"]
-    training = start("nowcast-train", *long, f"data.path={tiny_store}", f"hydra.run.dir={run_dir}",
-                     cwd=tmp_path)  # fmt: skip
+    training = subprocess.Popen(
+        [str(BIN / "nowcast-train"), *long, f"data.path={tiny_store}", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell runs background jobs (CI's, say) with SIGINT ignored, and children inherit
+        # that: give the training the terminal's Ctrl-C back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     wait_for((run_dir / "backup" / "state.json").exists, training, "a backup")
     training.send_signal(signal.SIGINT)
     done = finish(training)
