@@ -207,6 +207,12 @@ class Run:
             self._check_time_step(windows)
         return windows
 
+    def _trained_store(self) -> Path:
+        """The (first) store the run trained on, as split.json or else its config names it."""
+        if (self.dir / "split.json").is_file():
+            return Path(json.loads((self.dir / "split.json").read_text())["store"])
+        return Path(configured_paths(self.config.data)[0][0]).expanduser().absolute()
+
     def _check_time_step(self, windows: Windows) -> None:
         """Refuse stores of another time step than the run's: its lead times are frames, so a
         10-minute archive scored by a 5-minute model would be scored at leads it never made.
@@ -214,7 +220,7 @@ class Run:
         The run's time step comes from the store it trained on; where that is gone, the
         stores are scored unchecked.
         """
-        trained_on = Path(configured_paths(self.config.data)[0][0]).expanduser().absolute()
+        trained_on = self._trained_store()
         if not trained_on.is_file():
             return
         with open_store(trained_on) as store:
@@ -259,13 +265,11 @@ class Run:
         Raises:
             FileNotFoundError: that store is missing.
         """
-        run_dir, run_cfg = self.dir, self.config
+        run_cfg = self.config
         if reference_store is not None:
             path = Path(reference_store).expanduser().absolute()
-        elif (run_dir / "split.json").is_file():
-            path = Path(json.loads((run_dir / "split.json").read_text())["store"])
         else:
-            path = Path(configured_paths(run_cfg.data)[0][0]).expanduser().absolute()
+            path = self._trained_store()
         if not path.is_file():
             raise FileNotFoundError(
                 f"the store the run was trained on is missing: {path}; nowcast-predict takes the "
