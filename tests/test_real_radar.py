@@ -43,6 +43,24 @@ def _compose(name: str, *overrides: str):
         return compose(name, overrides=list(overrides))
 
 
+def _fine_tune(tiny_run, run_dir, *overrides: str):
+    """Train from the tiny run's weights on 16-pixel patches, the last hour for validation."""
+    cfg = _compose(
+        "train",
+        "debug=fast",
+        *overrides,
+        f"init={tiny_run}",
+        "data.patch_size=16",
+        "data.split.block_hours=1",
+        "data.split.val_fraction=0.2",
+        "data.split.test_fraction=0",
+        f"paths.output_dir={run_dir}",
+        "trainer.verbose=0",
+    )
+    OmegaConf.resolve(cfg)
+    return train(cfg)
+
+
 @pytest.fixture(scope="module")
 def knmi_stores(tmp_path_factory):
     """Three hours to fine-tune on and one to score, converted like the README says."""
@@ -57,22 +75,13 @@ def test_fine_tune_on_the_first_hours_and_score_every_window_of_the_rest(
     knmi_stores, tiny_run, tmp_path
 ):
     run_dir = tmp_path / "fine_tuned"
-    cfg = _compose(
-        "train",
-        "debug=fast",
+    result = _fine_tune(
+        tiny_run,
+        run_dir,
         "data=knmi",
         f"data.path={knmi_stores / 'train.h5'}",
-        f"init={tiny_run}",
         "data.batch_size=8",
-        "data.patch_size=16",
-        "data.split.block_hours=1",
-        "data.split.val_fraction=0.2",
-        "data.split.test_fraction=0",
-        f"paths.output_dir={run_dir}",
-        "trainer.verbose=0",
     )
-    OmegaConf.resolve(cfg)
-    result = train(cfg)
     splits = OmegaConf.load(run_dir / "split.json").splits
     # The last hour: 12 frames hold 7 windows of 3 + 3, fewer than a batch, and scored.
     assert splits.val.windows == 7 and len(result.history["val_loss"]) == 1
@@ -107,22 +116,13 @@ def test_real_radar_recipe_trains_on_a_list_and_keeps_the_extrapolations_rain_am
     at every threshold and lead time (hits + false alarms)."""
     run_dir = tmp_path / "real_radar"
     held_out = knmi_stores / "test.h5"
-    cfg = _compose(
-        "train",
+    _fine_tune(
+        tiny_run,
+        run_dir,
         "experiment=real_radar",
-        "debug=fast",
         f"data.path=[{knmi_stores / 'train.h5'},{held_out}]",
         f"data.holdout=[{held_out}]",
-        f"init={tiny_run}",
-        "data.patch_size=16",
-        "data.split.block_hours=1",
-        "data.split.val_fraction=0.2",
-        "data.split.test_fraction=0",
-        f"paths.output_dir={run_dir}",
-        "trainer.verbose=0",
     )
-    OmegaConf.resolve(cfg)
-    train(cfg)
     assert OmegaConf.load(run_dir / "split.json").splits.test.windows == 7
 
     scored = evaluate(
