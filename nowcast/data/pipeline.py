@@ -110,6 +110,14 @@ def valid_fraction(store: Store | StoreSet, data_cfg: DataConfig) -> np.ndarray:
     return stores.per_frame([_coverage_share(member, data_cfg) for member in stores.members])
 
 
+def _coverage_hint(coverage: float) -> str:
+    """What to set when a store's radars cover only `coverage` of its grid."""
+    return (
+        f"the radars cover at most {100 * coverage:.0f} % of its grid: set "
+        "data.valid_fraction_of=coverage to count the coverage's share instead"
+    )
+
+
 def valid_windows(store: Store | StoreSet, data_cfg: DataConfig) -> np.ndarray:
     """Start indices of every window of the store (or set) that never crosses a gap, an event
     or a store and has at least `min_valid_fraction` of its pixels valid (steps 1-2 of
@@ -150,11 +158,7 @@ def valid_windows(store: Store | StoreSet, data_cfg: DataConfig) -> np.ndarray:
         coverage = max(float(member.valid_fraction.max()) for member in stores.members)
         hint = "lower data.min_valid_fraction"
         if data_cfg.valid_fraction_of == "grid" and coverage < 0.9:
-            hint = (
-                f"the radars cover at most {100 * coverage:.0f} % of its grid: set "
-                "data.valid_fraction_of=coverage to count the coverage's share instead, or "
-                "lower data.min_valid_fraction"
-            )
+            hint = f"{_coverage_hint(coverage)}, or {hint}"
         raise ValueError(
             f"every window of {stores.path} is mostly no-data (its best has "
             f"{100 * float(valid.max()):.0f} % of its pixels valid, less than "
@@ -166,10 +170,7 @@ def valid_windows(store: Store | StoreSet, data_cfg: DataConfig) -> np.ndarray:
             coverage = float(store.valid_fraction.max())
             hint = ""
             if data_cfg.valid_fraction_of == "grid" and coverage < data_cfg.min_valid_fraction:
-                hint = (
-                    f"; its radars cover {100 * coverage:.0f} % of its grid: "
-                    "data.valid_fraction_of=coverage counts the coverage's share instead"
-                )
+                hint = f"; {_coverage_hint(coverage)}"
             log.warning(
                 "%s gives no window (too short, gaps, or mostly no-data); the other stores go "
                 "on without it%s",
