@@ -135,7 +135,10 @@ def load_checkpoint(
         ValueError: the checkpoint is not a Keras file or holds another architecture, or the
             model cannot take frames of `frame_shape` (height, width, channels).
     """
-    differences = architecture_differences(checkpoint, run_cfg.model, n_out=run_cfg.data.n_out)
+    # Probability matching has no weights: a command may switch it (nowcast.run.Run.matched).
+    differences = architecture_differences(
+        checkpoint, run_cfg.model, n_out=run_cfg.data.n_out, ignore=("probability_matching",)
+    )
     if differences:
         raise ValueError(
             f"checkpoint {checkpoint} does not match the model of the run's config.yaml: "

@@ -151,8 +151,13 @@ class ModelConfig:
     # matching up to advection_max_speed pixels per frame; nowcast.model.advection).
     advection: bool = False
     advection_max_speed: int = 12
-    # With advection: each forecast frame takes the extrapolation's distribution of values in
-    # its own rank order (nowcast.model.matching), as S-PROG keeps the rain area.
+    # With advection: 0, or the bands of scale of the moved frame (finer than 2 pixels,
+    # 2-4, 4-8, ... and the rest) that the network weighs per pixel and lead time, as S-PROG's
+    # cascade lets each scale decay (nowcast.model.cascade).
+    scale_bands: int = 0
+    # With advection: outside training, each forecast frame takes the extrapolation's
+    # distribution of values in its own rank order (nowcast.model.matching), as S-PROG keeps
+    # the rain area.
     probability_matching: bool = False
 
 
@@ -367,10 +372,15 @@ class EvaluateConfig:
     of the windows and writes their raw totals to `shards_dir`/shard-<i>-of-<n>/;
     `merge=true`, with the shards' other settings, sums the n shards into the usual outputs in
     `paths.output_dir`.
+
+    `probability_matching`: null scores the model as it was trained; true or false switches
+    its weight-free matching step (`model.probability_matching`) on or off, e.g. to score a run
+    trained without it matched; it needs a run trained with `model.advection`.
     """
 
     run: str = MISSING
     checkpoint: str = "best"
+    probability_matching: bool | None = None
     split: str = "test"
     data: DataConfig | None = None
     batch_size: int | None = None
@@ -396,11 +406,12 @@ class PlotConfig:
     `format`: gif or mp4 (an animation, plus a still) or png (the still alone). `units`: mm/h
     or dBZ for reflectivity runs (null: mm/h). `evaluation`: where `nowcast-evaluate` wrote
     metrics.json, for the skill plots. `data` selects another store, and `split=all` every
-    valid window of it, as for evaluate.
+    valid window of it, as for evaluate. `probability_matching`: as for evaluate.
     """
 
     run: str = MISSING
     checkpoint: str = "best"
+    probability_matching: bool | None = None
     split: str = "test"
     data: DataConfig | None = None
     sample: str | None = None
@@ -428,10 +439,12 @@ class PredictConfig:
     `max_rain_mmh` and `min_quality` mask clutter as `nowcast-data convert` does (pixels above
     that rain rate, or ODIM pixels of lower QIND quality, are no data): give the ones the
     training store was converted with, which the store does not record.
+    `probability_matching`: as for evaluate.
     """
 
     run: str = MISSING
     input: str = MISSING
+    probability_matching: bool | None = None
     output: str | None = None
     format: str | None = None
     quantity: str | None = None

@@ -158,9 +158,9 @@ def plot_run(cfg: DictConfig) -> PlotResult:
         ValueError: a bad sample, format or unit; MP4 without ffmpeg; a checkpoint that does
             not fit the run.
     """
-    run_text = require(cfg, "run", RUN_HINT)
+    require(cfg, "run", RUN_HINT)
     check_plot_format(cfg.format, "format")
-    run = Run.open(run_text, cfg.checkpoint)
+    run = Run.from_config(cfg)
     windows = run.windows(cfg.split, cfg.data)
     n_in, n_out, norm = run.n_in, run.n_out, run.norm
     with windows.open() as store:

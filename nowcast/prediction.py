@@ -436,11 +436,11 @@ def predict(cfg: DictConfig) -> PredictResult:
             another grid, for a model that takes only its training store's); a bad plot
             format or MP4 without ffmpeg; a checkpoint that does not fit the run.
     """
-    run_text = require(cfg, "run", RUN_HINT)
+    require(cfg, "run", RUN_HINT)
     require(cfg, "input", "pass input=<a folder of radar files, a glob of them, or a store>")
     if cfg.plot is not None:
         check_plot_format(cfg.plot, "plot")
-    run = Run.open(run_text, cfg.checkpoint)
+    run = Run.from_config(cfg)
     n_in, n_out, norm = run.n_in, run.n_out, run.norm
     grid = run.grid(cfg.reference_store)
     latest = read_latest_frames(cfg, grid, n_in, fmt=cfg.format)

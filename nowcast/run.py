@@ -161,7 +161,26 @@ class Run:
             ValueError: no `run=` given.
             FileNotFoundError: see `open`.
         """
-        return cls.open(require(cfg, "run", RUN_HINT), cfg.checkpoint)
+        run = cls.open(require(cfg, "run", RUN_HINT), cfg.checkpoint)
+        return run.matched(cfg.probability_matching)
+
+    def matched(self, probability_matching: bool | None) -> Run:
+        """This run with its model's probability matching switched on or off (None: as
+        trained); the step has no weights, so the checkpoint fits either way.
+
+        Raises:
+            ValueError: matching asked of a model without `model.advection`.
+        """
+        if probability_matching is None:
+            return self
+        if probability_matching and not self.config.model.advection:
+            raise ValueError(
+                f"probability_matching=true needs a model that extrapolates, and {self.dir} "
+                "was trained without model.advection; leave probability_matching unset"
+            )
+        config = self.config.copy()
+        config.model.probability_matching = probability_matching
+        return Run(self.dir, config, self.checkpoint)
 
     @property
     def n_in(self) -> int:

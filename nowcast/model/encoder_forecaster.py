@@ -14,6 +14,7 @@ from keras import ops
 
 from nowcast.model.advection import DEFAULT_MAX_SPEED, advect, estimate_motion
 from nowcast.model.arguments import int_pair, positive_int
+from nowcast.model.cascade import scale_bands
 from nowcast.model.cell import ConvLSTM
 from nowcast.model.matching import match_distribution
 
@@ -72,9 +73,16 @@ class EncoderForecaster(keras.Model):
     k times along the motion of the input frames (`nowcast.model.advection`, no weights), and
     the network's output is added to it: the network forecasts what extrapolation misses
     (growth, decay, initiation) and keeps the detail that extrapolation keeps. With
-    `probability_matching` as well, each forecast frame then takes the extrapolation's values
-    in its own rank order (`nowcast.model.matching`): the network says where the rain goes,
-    the extrapolation how much of each intensity there is.
+    `scale_bands` as well, the moved frame is split into bands of scale (`nowcast.model.cascade`)
+    and a linear 1x1 Conv2D of the head's features weighs each band, per pixel and lead time,
+    between 0 and 2 (1 where the weights are 0, as they start): the network learns how long
+    each scale stays predictable, as S-PROG's cascade does by rule. With
+    `probability_matching`, each forecast frame then takes the extrapolation's values in its
+    own rank order (`nowcast.model.matching`) when the model is not training: the network
+    says where the rain goes, the extrapolation how much of each intensity there is. Training
+    sees the forecast before matching, since ranks pass no gradient: a loss that rewards the
+    expected field teaches the network to give up what it cannot place, and matching then
+    gives the rain back its amounts (the probability-matched mean of ensemble forecasting).
 
     The network is fully convolutional, so it takes any frame size that the product of the
     downsample strides divides (a peephole model only the size it was built for), and any
@@ -102,8 +110,11 @@ class EncoderForecaster(keras.Model):
             channels.
         advection_max_speed: The fastest motion the extrapolation finds, in pixels per frame
             (12: 144 km/h on a 1-km, 5-minute grid).
+        scale_bands: 0, or how many bands of scale of the moved frame the network weighs
+            (see above): 2 or more, finer than 2 pixels, 2-4, 4-8, ... and the rest; needs
+            `advection`.
         probability_matching: Whether each forecast frame takes the extrapolation's
-            distribution of values (see above); needs `advection`.
+            distribution of values outside training (see above); needs `advection`.
         **kwargs: Base `keras.Model` arguments (name, dtype, ...).
 
     Call arguments:
@@ -133,6 +144,7 @@ class EncoderForecaster(keras.Model):
         last_frame_skip=False,
         advection=False,
         advection_max_speed=DEFAULT_MAX_SPEED,
+        scale_bands=0,
         probability_matching=False,
         **kwargs,
     ):
@@ -189,6 +201,19 @@ class EncoderForecaster(keras.Model):
                 f"{probability_matching=!r}, {advection=!r}"
             )
         self.probability_matching = probability_matching
+        if (
+            isinstance(scale_bands, bool)
+            or not isinstance(scale_bands, int)
+            or scale_bands == 1
+            or scale_bands < 0
+            or (scale_bands and not advection)
+        ):
+            raise ValueError(
+                "`scale_bands` must be 0 (off) or an integer of at least 2, and 2 or more only "
+                f"with `advection` (it weighs the moved frame's scales). Received: "
+                f"{scale_bands=!r}, {advection=!r}"
+            )
+        self.scale_bands = scale_bands
 
         def rnn(stage, name):
             if recurrent == "keras":
@@ -249,6 +274,14 @@ class EncoderForecaster(keras.Model):
         self.output_conv = keras.layers.Conv2D(
             self.out_channels, 1, dtype="float32", name="output_conv"
         )
+        # Weights of 0 make every band's gate 1: the model starts as one without bands.
+        self.band_gates = (
+            keras.layers.Conv2D(
+                scale_bands, 1, kernel_initializer="zeros", dtype="float32", name="band_gates"
+            )
+            if scale_bands
+            else None
+        )
 
     def _check_frame_size(self, height, width) -> None:
         """Raise a ValueError naming the numbers if the strides do not divide a frame side."""
@@ -306,6 +339,8 @@ class EncoderForecaster(keras.Model):
         skip_channels = input_shape[-1] if self.last_frame_skip or self.advection else 0
         self.head.build((*frame, self.head_filters + skip_channels))
         self.output_conv.build((*frame, self.head_filters))
+        if self.band_gates is not None:
+            self.band_gates.build((*frame, self.head_filters))
 
     def _per_frame(self, fn, x):
         """Apply `fn` to each frame of x (B, T, H, W, C) by folding time into the batch axis."""
@@ -327,8 +362,16 @@ class EncoderForecaster(keras.Model):
         frames = self._leaky(self.upsamplers[0](frames))
         if skip is not None:
             frames = ops.concatenate([frames, ops.cast(skip, frames.dtype)], axis=-1)
-        output = self.output_conv(self._leaky(self.head(frames)))
-        return output + ops.cast(skip, output.dtype) if self.advection else output
+        features = self._leaky(self.head(frames))
+        output = self.output_conv(features)
+        if not self.advection:
+            return output
+        moved = ops.cast(skip, output.dtype)
+        if self.band_gates is not None:
+            gates = 2.0 * ops.sigmoid(self.band_gates(features))
+            bands = scale_bands(moved, self.scale_bands)
+            moved = ops.sum(gates * bands, axis=-1, keepdims=True)
+        return output + moved
 
     def _recur(self, rnn, inputs, initial_state=None, training=False):
         """Run one recurrent layer; `(sequence, [h, c])` whichever `recurrent` it is.
@@ -381,7 +424,7 @@ class EncoderForecaster(keras.Model):
         elif self.last_frame_skip:
             skip = ops.repeat(inputs[:, -1], self.n_out, axis=0)
         forecast = self._per_frame(lambda frames: self._output_frames(frames, skip), y)
-        if self.probability_matching:
+        if self.probability_matching and not training:
             forecast = match_distribution(forecast, moved)
         return forecast, moved
 
@@ -401,5 +444,6 @@ class EncoderForecaster(keras.Model):
             "last_frame_skip": self.last_frame_skip,
             "advection": self.advection,
             "advection_max_speed": self.advection_max_speed,
+            "scale_bands": self.scale_bands,
             "probability_matching": self.probability_matching,
         }

@@ -6,7 +6,8 @@ lead time and the frequency bias falls (docs/skill.md). S-PROG (Seed 2003) keeps
 matching its smoothed forecast's distribution to the observed one (pysteps'
 `probmatching_method="cdf"`). `match_distribution` is that step for the network: it decides
 where rain goes (the ranks of its pixels), and the extrapolation of the newest frame decides
-how much of each intensity there is, so the bias stays that of the extrapolation.
+how much of each intensity there is, so the bias stays that of the extrapolation. Ranks pass
+no gradient, so the model matches only outside training.
 """
 
 from __future__ import annotations
@@ -23,14 +24,11 @@ def match_distribution(field, reference):
 
     Returns:
         (B, T, H, W, C): at each pixel, the reference's value of the same rank within its
-        frame. The gradient passes to `field` unchanged (a straight-through estimate: the
-        ranks themselves have none), so a network can be trained through the step.
+        frame.
     """
     shape = ops.shape(field)
     frames = (-1, shape[2] * shape[3] * shape[4])
     flat = ops.reshape(field, frames)
     ranks = ops.argsort(ops.argsort(flat, axis=-1), axis=-1)
     values = ops.sort(ops.reshape(ops.cast(reference, field.dtype), frames), axis=-1)
-    matched = ops.reshape(ops.take_along_axis(values, ranks, axis=-1), shape)
-    # field - field is exactly 0, so the values are the reference's to the last bit.
-    return matched + (field - ops.stop_gradient(field))
+    return ops.reshape(ops.take_along_axis(values, ranks, axis=-1), shape)
