@@ -269,7 +269,7 @@ def test_a_model_that_copies_its_last_frame_scores_exactly_persistence(
     shutil.copytree(tiny_run, copier, ignore=shutil.ignore_patterns("evaluation"))
     run_cfg = OmegaConf.load(copier / "config.yaml")
     run_cfg.model.last_frame_skip = True
-    run_cfg.model.advection = False
+    run_cfg.model.update(advection=False, scale_bands=0, probability_matching=False)
     OmegaConf.save(run_cfg, copier / "config.yaml")
     model = build_model(run_cfg.model, n_out=run_cfg.data.n_out, input_shape=(32, 32, 1))
     head = np.zeros(model.head.kernel.shape, np.float32)

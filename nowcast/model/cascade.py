@@ -7,8 +7,8 @@ scales and lets each decay at the rate its own autocorrelation says. `scale_band
 split, in `keras.ops`: a Gaussian pyramid (Burt and Adelson 1983) of 2, 4, 8, ... pixel means,
 each brought back to full size, whose differences are the bands and which add back up to the
 field exactly, so that a network can weigh each band per pixel and lead time
-(`EncoderForecaster(scale_bands=...)`). A pyramid costs a tenth of blurring at full
-resolution with kernels as wide (docs/benchmarks.md).
+(`EncoderForecaster(scale_bands=...)`). A pyramid costs a tenth of Gaussian blurs as wide at
+full resolution (docs/experiments.md, "Scale bands").
 """
 
 from __future__ import annotations

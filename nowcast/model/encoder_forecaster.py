@@ -194,11 +194,10 @@ class EncoderForecaster(keras.Model):
             )
         self.advection = advection
         self.advection_max_speed = positive_int(advection_max_speed, "advection_max_speed")
-        if not isinstance(probability_matching, bool) or (probability_matching and not advection):
+        if not isinstance(probability_matching, bool):
             raise ValueError(
-                "`probability_matching` must be True or False, and True only with `advection` "
-                "(the forecast takes the extrapolation's distribution). Received: "
-                f"{probability_matching=!r}, {advection=!r}"
+                "`probability_matching` must be True or False. Received: "
+                f"{probability_matching=!r}"
             )
         self.probability_matching = probability_matching
         if (
@@ -206,12 +205,17 @@ class EncoderForecaster(keras.Model):
             or not isinstance(scale_bands, int)
             or scale_bands == 1
             or scale_bands < 0
-            or (scale_bands and not advection)
         ):
             raise ValueError(
-                "`scale_bands` must be 0 (off) or an integer of at least 2, and 2 or more only "
-                f"with `advection` (it weighs the moved frame's scales). Received: "
-                f"{scale_bands=!r}, {advection=!r}"
+                "`scale_bands` must be 0 (off) or an integer of at least 2. Received: "
+                f"{scale_bands=!r}"
+            )
+        if not advection and (scale_bands or probability_matching):
+            raise ValueError(
+                "`scale_bands` and `probability_matching` work on the extrapolation, so they "
+                "need `advection`; without it set them off (model.scale_bands=0 "
+                "model.probability_matching=false). "
+                f"Received: {advection=!r}, {scale_bands=!r}, {probability_matching=!r}"
             )
         self.scale_bands = scale_bands
 
