@@ -38,21 +38,22 @@ def test_a_missing_checkpoint_lists_the_runs_own(tiny_run):
 
 
 def test_matching_is_switched_for_a_command_without_touching_the_run(tiny_run):
-    """evaluate/plot/predict `probability_matching=true` scores a run trained without it
-    matched: the forecast then holds the extrapolation's values, in the network's order."""
+    """evaluate/plot/predict `probability_matching=false|true` scores a run either way: matched,
+    the forecast holds the extrapolation's values, in the network's order."""
     run = Run.open(tiny_run, "best")
-    assert not run.config.model.probability_matching
-    matched = run.matched(True)
+    trained_with = run.config.model.probability_matching
+    unmatched, matched = run.matched(False), run.matched(True)
     assert matched.config.model.probability_matching and run.matched(None) is run
-    assert not run.config.model.probability_matching  # the run's own config is untouched
+    assert not unmatched.config.model.probability_matching
+    assert run.config.model.probability_matching == trained_with  # the run's own config
     frames = np.random.default_rng(0).random((1, 3, 32, 32, 1), dtype=np.float32)
     forecast, moved = matched.load_model((32, 32)).forecast_and_extrapolation(frames)
     np.testing.assert_array_equal(
         np.sort(np.asarray(forecast).reshape(3, -1)), np.sort(np.asarray(moved).reshape(3, -1))
     )
-    unmatched, _ = run.load_model((32, 32)).forecast_and_extrapolation(frames)
+    raw, _ = unmatched.load_model((32, 32)).forecast_and_extrapolation(frames)
     assert not np.array_equal(
-        np.sort(np.asarray(unmatched).ravel()), np.sort(np.asarray(forecast).ravel())
+        np.sort(np.asarray(raw).ravel()), np.sort(np.asarray(forecast).ravel())
     )
     run.config.model.advection = False
     with pytest.raises(ValueError, match="^probability_matching=true needs a model that extra"):
