@@ -316,7 +316,7 @@ def test_looking_at_forecasts(checkout):
 
     done = checkout.run(at_time)
     assert ok(done), report(done)
-    assert (plots / "forecast_20240603T1430Z.gif").is_file()
+    assert (plots / "forecast_20240603T1430Z_dBZ.gif").is_file()  # units other than mm/h
 
     done = checkout.run(by_index)
     if shutil.which("ffmpeg") is None:  # the README: "MP4 needs ffmpeg"

@@ -20,6 +20,10 @@ from nowcast.model.matching import match_distribution
 
 # The recurrent layers a model can be built with: our fused-gate ConvLSTM, or Keras's own.
 RECURRENT_LAYERS = ("fused", "keras")
+# Each lead time's band logits are a weight times this gain. Adam moves a weight by about the
+# learning rate per step, so without it 100 fine-tuning steps at 3e-4 move a gate by 0.015;
+# with it a gate can cross most of its range (docs/experiments.md, "Scale bands").
+LEAD_GATE_GAIN = 30.0
 
 # The fields of nowcast.config.StageConfig.
 STAGE_KEYS = (
@@ -74,9 +78,10 @@ class EncoderForecaster(keras.Model):
     the network's output is added to it: the network forecasts what extrapolation misses
     (growth, decay, initiation) and keeps the detail that extrapolation keeps. With
     `scale_bands` as well, the moved frame is split into bands of scale (`nowcast.model.cascade`)
-    and a linear 1x1 Conv2D of the head's features weighs each band, per pixel and lead time,
-    between 0 and 2 (1 where the weights are 0, as they start): the network learns how long
-    each scale stays predictable, as S-PROG's cascade does by rule. With
+    and a linear 1x1 Conv2D of the head's features, plus a learned logit per lead time and
+    band, weighs each band, per pixel and lead time, between 0 and 2 (1 where the weights are
+    0, as they start): the network learns how long each scale stays predictable, as S-PROG's
+    cascade does by rule. With
     `probability_matching`, each forecast frame then takes the extrapolation's values in its
     own rank order (`nowcast.model.matching`) when the model is not training: the network
     says where the rain goes, the extrapolation how much of each intensity there is. Training
@@ -279,6 +284,7 @@ class EncoderForecaster(keras.Model):
             self.out_channels, 1, dtype="float32", name="output_conv"
         )
         # Weights of 0 make every band's gate 1: the model starts as one without bands.
+        self.lead_band_logits = None  # (n_out, scale_bands), made in build
         self.band_gates = (
             keras.layers.Conv2D(
                 scale_bands, 1, kernel_initializer="zeros", dtype="float32", name="band_gates"
@@ -345,6 +351,12 @@ class EncoderForecaster(keras.Model):
         self.output_conv.build((*frame, self.head_filters))
         if self.band_gates is not None:
             self.band_gates.build((*frame, self.head_filters))
+            self.lead_band_logits = self.add_weight(
+                shape=(self.n_out, self.scale_bands),
+                initializer="zeros",
+                dtype="float32",
+                name="lead_band_logits",
+            )
 
     def _per_frame(self, fn, x):
         """Apply `fn` to each frame of x (B, T, H, W, C) by folding time into the batch axis."""
@@ -372,10 +384,19 @@ class EncoderForecaster(keras.Model):
             return output
         moved = ops.cast(skip, output.dtype)
         if self.band_gates is not None:
-            gates = 2.0 * ops.sigmoid(self.band_gates(features))
+            gates = 2.0 * ops.sigmoid(self._band_gate_logits(features))
             bands = scale_bands(moved, self.scale_bands)
             moved = ops.sum(gates * bands, axis=-1, keepdims=True)
         return output + moved
+
+    def _band_gate_logits(self, features):
+        """(B*n_out, H, W, scale_bands): the per-pixel logits of the head's features plus
+        each lead time's own, so that a band can fade with lead time as in S-PROG's cascade."""
+        logits = self.band_gates(features)
+        per_lead = ops.reshape(logits, (-1, self.n_out, *ops.shape(logits)[1:]))
+        # Read in the model's compute dtype under mixed precision: back to the logits' float32.
+        lead = LEAD_GATE_GAIN * ops.cast(self.lead_band_logits, logits.dtype)[None, :, None, None]
+        return ops.reshape(per_lead + lead, ops.shape(logits))
 
     def _recur(self, rnn, inputs, initial_state=None, training=False):
         """Run one recurrent layer; `(sequence, [h, c])` whichever `recurrent` it is.

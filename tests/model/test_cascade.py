@@ -45,14 +45,26 @@ def test_coarse_fields_keep_the_mean_and_lose_the_detail():
     assert np.all(np.diff(spread) < 0), spread
 
 
+def _banded_and_plain(frames):
+    banded = EncoderForecaster(STAGES, n_out=2, head_filters=4, advection=True, scale_bands=3)
+    plain = EncoderForecaster(STAGES, n_out=2, head_filters=4, advection=True)
+    banded(frames), plain(frames)
+    gates = {id(w) for w in [*banded.band_gates.weights, banded.lead_band_logits]}
+    plain.set_weights([w.numpy() for w in banded.weights if id(w) not in gates])
+    return banded, plain
+
+
+def _without_finest_band(moved, frame_size=16):
+    bands = scale_bands(keras.ops.reshape(moved, (-1, frame_size, frame_size, 1)), 3)
+    rest = keras.ops.sum(bands[..., 1:], axis=-1, keepdims=True)
+    return keras.ops.convert_to_numpy(keras.ops.reshape(rest, moved.shape))
+
+
 def test_a_model_with_bands_starts_as_one_without_and_learns_to_drop_a_band():
     """Gates start at 1 (the same forecast as without bands), and each band's gate moves
     between 0 and 2: weights that close the finest band's gate remove that band exactly."""
     frames = np.random.default_rng(3).random((1, 3, 16, 16, 1), dtype=np.float32)
-    banded = EncoderForecaster(STAGES, n_out=2, head_filters=4, advection=True, scale_bands=3)
-    plain = EncoderForecaster(STAGES, n_out=2, head_filters=4, advection=True)
-    banded(frames), plain(frames)
-    plain.set_weights(banded.get_weights()[:-2])
+    banded, plain = _banded_and_plain(frames)
     np.testing.assert_allclose(banded(frames), plain(frames), atol=1e-5)
     assert len(banded.band_gates.get_weights()[1]) == 3
 
@@ -60,9 +72,21 @@ def test_a_model_with_bands_starts_as_one_without_and_learns_to_drop_a_band():
     kernel, _ = banded.band_gates.get_weights()
     banded.band_gates.set_weights([kernel, np.array([-30.0, 0.0, 0.0], np.float32)])
     forecast, moved = banded.forecast_and_extrapolation(frames)
-    bands = scale_bands(keras.ops.reshape(moved, (-1, 16, 16, 1)), 3)
-    expected = keras.ops.reshape(keras.ops.sum(bands[..., 1:], axis=-1), (1, 2, 16, 16, 1))
-    np.testing.assert_allclose(forecast, expected, atol=1e-5)
+    np.testing.assert_allclose(forecast, _without_finest_band(moved), atol=1e-5)
+
+
+def test_a_lead_time_logit_drops_a_band_at_that_lead_time_only():
+    """S-PROG's cascade by learning: each lead time has its own logit per band, scaled so that
+    a short fine-tuning can move it (LEAD_GATE_GAIN)."""
+    frames = np.random.default_rng(4).random((2, 3, 16, 16, 1), dtype=np.float32)
+    banded, _ = _banded_and_plain(frames)
+    banded.output_conv.set_weights([np.zeros_like(w) for w in banded.output_conv.get_weights()])
+    logits = np.zeros((2, 3), np.float32)
+    logits[1, 0] = -1.0  # times the gain of 30: the finest band's gate at the second lead time
+    banded.lead_band_logits.assign(logits)
+    forecast, moved = banded.forecast_and_extrapolation(frames)
+    np.testing.assert_allclose(forecast[:, 0], moved[:, 0], atol=1e-5)
+    np.testing.assert_allclose(forecast[:, 1], _without_finest_band(moved)[:, 1], atol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs", [{"scale_bands": 1}, {"scale_bands": -2}, {"scale_bands": 3}])
