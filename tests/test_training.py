@@ -28,6 +28,7 @@ from nowcast.distribute import (
     resolve_jit_compile,
 )
 from nowcast.losses import make_loss
+from nowcast.model.encoder_forecaster import LEAD_TABLE
 from nowcast.resume import TrainingState, resume_config
 from nowcast.training import (
     RunBatches,
@@ -276,7 +277,11 @@ class RecordStartingWeights(keras.callbacks.Callback):
 def test_init_starts_a_new_run_from_another_runs_weights(reference, run_config, tmp_path):
     best = keras.models.load_model(reference.run_dir / "checkpoints/best.keras")
     expected = [np.array(w) for w in best.get_weights()]
-    # Four lead times instead of three: no weight depends on them.
+    # Four lead times instead of three: the gate logits of the third go on to the fourth.
+    lead_table = next(k for k, w in enumerate(best.weights) if w.name == LEAD_TABLE)
+    table = expected[lead_table]
+    assert np.all(table[-1] != 0)  # trained, so that the repeated row is seen
+    expected[lead_table] = np.concatenate([table, table[-1:]])
     for init in (reference.run_dir, reference.run_dir / "checkpoints/best.keras"):
         start = RecordStartingWeights()
         cfg = run_config(f"init={init}", "data.n_out=4", "trainer.epochs=1")

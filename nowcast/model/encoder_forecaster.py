@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import keras
+import numpy as np
 from keras import ops
 
 from nowcast.model.advection import DEFAULT_MAX_SPEED, advect, estimate_motion
@@ -24,6 +25,16 @@ RECURRENT_LAYERS = ("fused", "keras")
 # learning rate per step, so without it 100 fine-tuning steps at 3e-4 move a gate by 0.015;
 # with it a gate can cross most of its range (docs/experiments.md, "Scale bands").
 LEAD_GATE_GAIN = 30.0
+# The name of that weight, (n_out, scale_bands): the one weight that depends on n_out.
+LEAD_TABLE = "lead_band_logits"
+
+
+def fit_lead_times(table: np.ndarray, n_out: int) -> np.ndarray:
+    """A model's gate logits per lead time (`LEAD_TABLE`) for a model of `n_out` lead times,
+    to fine-tune a run on a longer or shorter forecast: the first `n_out` rows, or every row
+    and then the last repeated (the longest lead time learnt holds on)."""
+    extra = max(n_out - len(table), 0)
+    return np.concatenate([table[:n_out], np.repeat(table[-1:], extra, axis=0)])
 
 # The fields of nowcast.config.StageConfig.
 STAGE_KEYS = (
@@ -355,7 +366,7 @@ class EncoderForecaster(keras.Model):
                 shape=(self.n_out, self.scale_bands),
                 initializer="zeros",
                 dtype="float32",
-                name="lead_band_logits",
+                name=LEAD_TABLE,
             )
 
     def _per_frame(self, fn, x):

@@ -7,6 +7,7 @@ from test_advection import STAGES
 
 from nowcast.model import EncoderForecaster
 from nowcast.model.cascade import coarse_fields, scale_bands
+from nowcast.model.encoder_forecaster import fit_lead_times
 
 
 def _field(seed=0, shape=(2, 24, 30, 1)):
@@ -87,6 +88,15 @@ def test_a_lead_time_logit_drops_a_band_at_that_lead_time_only():
     forecast, moved = banded.forecast_and_extrapolation(frames)
     np.testing.assert_allclose(forecast[:, 0], moved[:, 0], atol=1e-5)
     np.testing.assert_allclose(forecast[:, 1], _without_finest_band(moved)[:, 1], atol=1e-5)
+
+
+def test_lead_time_logits_fit_a_shorter_or_longer_forecast():
+    table = np.arange(6, dtype=np.float32).reshape(3, 2)
+    np.testing.assert_array_equal(fit_lead_times(table, 2), table[:2])
+    np.testing.assert_array_equal(fit_lead_times(table, 3), table)
+    np.testing.assert_array_equal(
+        fit_lead_times(table, 5), [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]]
+    )
 
 
 @pytest.mark.parametrize("kwargs", [{"scale_bands": 1}, {"scale_bands": -2}, {"scale_bands": 3}])
