@@ -83,7 +83,6 @@ from nowcast.io import (
 from nowcast.locks import run_lock
 from nowcast.losses import PixelLoss, make_loss
 from nowcast.model import build_model, frame_multiple
-from nowcast.model.encoder_forecaster import LEAD_TABLE, fit_lead_times
 from nowcast.resume import TrainingBackup, TrainingState
 from nowcast.run import Run
 
@@ -754,8 +753,9 @@ def initial_checkpoint(cfg: DictConfig) -> Path:
     against the run before anything is written.
 
     `cfg.init` is a run directory (its checkpoints/best.keras) or a .keras file. The checkpoint
-    must hold this run's architecture (the number of lead times may differ, see
-    `load_initial_weights`), and a run directory must have been trained on the same normalisation.
+    must hold this run's architecture (the number of lead times may differ: the one weight
+    that depends on it is fitted as it loads, `fit_lead_times`), and a run directory must have
+    been trained on the same normalisation.
 
     Raises:
         FileNotFoundError: nothing at `cfg.init`, or a run directory without a best checkpoint.
@@ -790,28 +790,14 @@ def initial_checkpoint(cfg: DictConfig) -> Path:
 
 
 def load_initial_weights(model: keras.Model, checkpoint: Path, init: str) -> None:
-    """Load the weights of `checkpoint` (from `initial_checkpoint`) into the built model, for
-    any number of lead times: the gate logits per lead time are fitted to this model's
-    (`fit_lead_times`).
+    """Load the weights of `checkpoint` (from `initial_checkpoint`) into the built model.
 
     Raises:
         ValueError: weights that do not fit (a peephole model trained on frames of another
             size), naming `init=`.
     """
     try:
-        source = keras.saving.load_model(checkpoint, compile=False)
-        if len(source.weights) != len(model.weights):
-            raise ValueError(f"{len(source.weights)} weights, {len(model.weights)} expected")
-        for variable, saved in zip(model.weights, source.weights, strict=True):
-            value = keras.ops.convert_to_numpy(saved)
-            if variable.name == LEAD_TABLE:
-                value = fit_lead_times(value, variable.shape[0])
-            if tuple(value.shape) != tuple(variable.shape):
-                raise ValueError(
-                    f"{variable.path} has the shape {tuple(value.shape)}, "
-                    f"{tuple(variable.shape)} expected"
-                )
-            variable.assign(value)
+        model.load_weights(checkpoint)
     except (ValueError, OSError, KeyError) as err:
         first_line = next((line for line in str(err).splitlines() if line.strip()), "")
         raise ValueError(

@@ -36,6 +36,7 @@ def fit_lead_times(table: np.ndarray, n_out: int) -> np.ndarray:
     extra = max(n_out - len(table), 0)
     return np.concatenate([table[:n_out], np.repeat(table[-1:], extra, axis=0)])
 
+
 # The fields of nowcast.config.StageConfig.
 STAGE_KEYS = (
     "filters",
@@ -368,6 +369,14 @@ class EncoderForecaster(keras.Model):
                 dtype="float32",
                 name=LEAD_TABLE,
             )
+
+    def load_own_variables(self, store):
+        """Keras's loading of the model's own weight, the gate logits per lead time, fitted
+        to this model's `n_out` (`fit_lead_times`): a run can start from the weights of one
+        that forecast more or fewer lead times (`nowcast-train init=`)."""
+        if self.lead_band_logits is not None:
+            store = {"0": fit_lead_times(np.asarray(store["0"]), self.n_out)}
+        super().load_own_variables(store)
 
     def _per_frame(self, fn, x):
         """Apply `fn` to each frame of x (B, T, H, W, C) by folding time into the batch axis."""
