@@ -195,3 +195,15 @@ def test_typos_and_wrong_types_fail_when_composing(compose_config, override):
 def test_synthetic_store_name_follows_its_size(compose_config):
     cfg = compose_config("data.synthetic.height=64", "data.synthetic.width=64")
     assert cfg.data.path.endswith("synthetic_v2_64x64_f2304_s0.h5")
+
+
+def test_the_gpu_recipe_for_real_radar_is_the_cpu_recipe_scaled_up(compose_config):
+    """Scores of the two compare: only batch, patch size and schedule differ."""
+    cpu = compose_config("experiment=real_radar", "data.path=[a.h5]")
+    gpu = compose_config("experiment=real_radar_gpu", "data.path=[a.h5]")
+    assert gpu.model == cpu.model and gpu.loss == cpu.loss
+    assert (gpu.data.batch_size, gpu.data.patch_size) == (16, 256)
+    assert gpu.data.augment and gpu.data.valid_fraction_of == "coverage"
+    assert gpu.optimizer.learning_rate == cpu.optimizer.learning_rate
+    steps = [cfg.trainer.epochs * cfg.trainer.steps_per_epoch for cfg in (cpu, gpu)]
+    assert steps[1] > steps[0]
