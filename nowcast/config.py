@@ -167,7 +167,8 @@ class LossConfig:
 
     `balanced_*` losses weight each pixel by the observed rain rate (Shi et al. 2017):
     `weights[k]` applies from `thresholds_mmh[k-1]` up to `thresholds_mmh[k]`; `soft_csi` is
-    one minus a differentiable CSI at each of `soft_csi_thresholds_mmh`. `terms` is
+    one minus a differentiable CSI at each of `soft_csi_thresholds_mmh`, and `matched_csi` the
+    same of the forecast as probability matching makes it (nowcast.losses). `terms` is
     empty here: OmegaConf merges dicts key by key, so a default term would stay in every option.
     """
 

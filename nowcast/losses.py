@@ -6,7 +6,9 @@ that the rare heavy rain is not drowned by the mostly dry or light-rain pixels. 
 what forecasters score instead of a pixel error: one minus a differentiable critical success index
 at each rain-rate threshold (as Lagerquist and Ebert-Uphoff 2022 build losses from verification
 scores). A pixel error rewards fading an echo whose future is uncertain; the CSI rewards
-forecasting it where it is likely enough to be a hit.
+forecasting it where it is likely enough to be a hit. `matched_csi` scores the forecast as
+probability matching will make it (nowcast.model.matching): by the ranks of its pixels, not
+their values.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from nowcast.units import rain_threshold_to_normalised
 
 PIXEL_ERRORS: dict[str, Callable] = {"mse": ops.square, "mae": ops.abs}
 SOFT_CSI = "soft_csi"
-LOSS_NAMES = tuple(PIXEL_ERRORS) + tuple(f"balanced_{name}" for name in PIXEL_ERRORS) + (SOFT_CSI,)
+MATCHED_CSI = "matched_csi"
+CSI_TERMS = (SOFT_CSI, MATCHED_CSI)
+LOSS_NAMES = tuple(PIXEL_ERRORS) + tuple(f"balanced_{name}" for name in PIXEL_ERRORS) + CSI_TERMS
 
 
 # A forecast more than this many sigmoid widths below a threshold is a clean no. Summed over
@@ -33,7 +37,44 @@ LOSS_NAMES = tuple(PIXEL_ERRORS) + tuple(f"balanced_{name}" for name in PIXEL_ER
 TAIL_WIDTHS = 3.0
 
 
-def soft_csi_loss(observation, forecast, valid, thresholds: Sequence[float], width: float):
+def matched_thresholds(observation, forecast, valid, thresholds: Sequence[float]):
+    """Per frame and threshold, the forecast value that as many valid pixels exceed as are
+    observed at or above the threshold: where probability matching would put the threshold
+    on the forecast, had the extrapolation the observed amount of rain.
+
+    Returns:
+        One (batch, time, 1, ...) per threshold: midway between the forecast values of the
+        ranks either side of the count, without gradient (ranks pass none).
+    """
+    frames = (*ops.shape(forecast)[:2], -1)
+    # Pixels without data rank below every forecast value, so they take no rank of rain.
+    ranked = ops.sort(
+        ops.reshape(ops.where(valid > 0, ops.stop_gradient(forecast), -1e9), frames), axis=-1
+    )
+    pixels = ops.shape(ranked)[-1]  # unknown until run for frames of any size
+    observed = ops.reshape(observation * valid, frames)
+    keep = (*ops.shape(forecast)[:2], *(1,) * (len(forecast.shape) - 2))
+    levels = []
+    for threshold in thresholds:
+        count = ops.sum(ops.cast(observed >= threshold, "int32"), axis=-1, keepdims=True)
+        above = ops.clip(pixels - count, 0, pixels - 1)  # the lowest of the wettest `count`
+        below = ops.clip(pixels - count - 1, 0, pixels - 1)
+        level = 0.5 * (
+            ops.take_along_axis(ranked, above, axis=-1)
+            + ops.take_along_axis(ranked, below, axis=-1)
+        )
+        levels.append(ops.reshape(level, keep))
+    return levels
+
+
+def soft_csi_loss(
+    observation,
+    forecast,
+    valid,
+    thresholds: Sequence[float],
+    width: float,
+    matched: bool = False,
+):
     """1 - CSI at each threshold, from soft counts over the batch, per lead time.
 
     A forecast pixel counts as `sigmoid((forecast - threshold) / width)` of a yes, or as a
@@ -41,6 +82,13 @@ def soft_csi_loss(observation, forecast, valid, thresholds: Sequence[float], wid
     alarms are differentiable; they are summed over the batch and the frame before the ratio,
     as the verification sums contingency counts over windows. One pixel's worth in the
     numerator and denominator keeps a lead time with no rain at 0.
+
+    With `matched`, the forecast is scored as probability matching will make it
+    (`nowcast.model.matching`): each threshold is moved, per frame, to the forecast value that
+    the observed count of pixels exceeds (`matched_thresholds`), so a pixel is a yes as far as
+    it ranks among the wettest. The term then rewards placing rain, not its amount: a forecast
+    smoothed below a threshold still gets that threshold's gradient, toward the ranks that
+    matching turns into hits.
 
     Args:
         observation: observed values on the normalised scale (batch, time, ...), 0 where no data.
@@ -57,10 +105,13 @@ def soft_csi_loss(observation, forecast, valid, thresholds: Sequence[float], wid
             ops.expand_dims(x, 1) for x in (observation, forecast, valid)
         )
     axes = (0, *range(2, len(observation.shape)))  # all but time
+    levels = (
+        matched_thresholds(observation, forecast, valid, thresholds) if matched else thresholds
+    )
     losses = []
-    for threshold in thresholds:
-        counted = (valid > 0) & (forecast > threshold - TAIL_WIDTHS * width)
-        yes = ops.where(counted, ops.sigmoid((forecast - threshold) / width), 0.0)
+    for threshold, level in zip(thresholds, levels, strict=True):
+        counted = (valid > 0) & (forecast > level - TAIL_WIDTHS * width)
+        yes = ops.where(counted, ops.sigmoid((forecast - level) / width), 0.0)
         observed = ops.cast(observation >= threshold, forecast.dtype) * valid
         hits = ops.sum(yes * observed, axis=axes)
         union = ops.sum(yes, axis=axes) + ops.sum(observed, axis=axes) - hits
@@ -72,8 +123,8 @@ def soft_csi_loss(observation, forecast, valid, thresholds: Sequence[float], wid
 class PixelLoss(keras.losses.Loss):
     """Weighted sum of pixel losses, averaged over the valid (finite) target pixels of a sample.
 
-    The `soft_csi` term (see `soft_csi_loss`) is a score of the whole batch, not of a sample:
-    each sample carries it whole, so the batch mean adds it once.
+    The `soft_csi` and `matched_csi` terms (see `soft_csi_loss`) are scores of the whole batch,
+    not of a sample: each sample carries them whole, so the batch mean adds them once.
 
     Args:
         terms: loss name -> coefficient, names from `LOSS_NAMES`.
@@ -120,12 +171,12 @@ class PixelLoss(keras.losses.Loss):
                 f"lead_decay must be a positive number (1: equal weights). Received: {lead_decay=}"
             )
         csi_thresholds = thresholds if csi_thresholds is None else csi_thresholds
-        if SOFT_CSI in terms and not (
+        if set(CSI_TERMS) & set(terms) and not (
             csi_thresholds and math.isfinite(csi_width) and csi_width > 0
         ):
             raise ValueError(
-                "the soft_csi loss needs at least one threshold and a positive width "
-                "(loss.soft_csi_thresholds_mmh, loss.soft_csi_width_dbz). "
+                "the soft_csi and matched_csi losses need at least one threshold and a positive "
+                "width (loss.soft_csi_thresholds_mmh, loss.soft_csi_width_dbz). "
                 f"Received: csi_thresholds={list(csi_thresholds)}, {csi_width=}"
             )
         self.terms = {name: float(coef) for name, coef in terms.items()}
@@ -149,7 +200,7 @@ class PixelLoss(keras.losses.Loss):
         balance = rain_rate_weights(observation, self.thresholds, self.weights) * mask
         total = ops.zeros_like(error)
         for name, coef in self.terms.items():
-            if name == SOFT_CSI:
+            if name in CSI_TERMS:
                 continue
             pixel_loss = PIXEL_ERRORS[name.removeprefix("balanced_")](error)
             weight = balance if name.startswith("balanced_") else mask
@@ -160,13 +211,18 @@ class PixelLoss(keras.losses.Loss):
             total = total * ops.reshape(weights, per_lead)
         axes = tuple(range(1, len(y_true.shape)))
         per_sample = ops.sum(total, axis=axes) / ops.maximum(ops.sum(mask, axis=axes), 1.0)
-        if SOFT_CSI in self.terms:
+        for name in set(CSI_TERMS) & set(self.terms):
             per_lead = soft_csi_loss(
-                observation, y_pred, mask, self.csi_thresholds, self.csi_width
+                observation,
+                y_pred,
+                mask,
+                self.csi_thresholds,
+                self.csi_width,
+                matched=name == MATCHED_CSI,
             )
             leads = per_lead.shape[0]
             weights = ops.array(self._lead_weights(leads), per_lead.dtype)
-            per_sample = per_sample + self.terms[SOFT_CSI] * ops.sum(per_lead * weights) / leads
+            per_sample = per_sample + self.terms[name] * ops.sum(per_lead * weights) / leads
         return per_sample
 
     def get_config(self) -> dict:

@@ -110,6 +110,9 @@ def test_loss_options_hold_only_their_terms_and_combine_on_the_command_line(comp
     assert default.soft_csi_thresholds_mmh == MetricsConfig().thresholds_mmh  # trained as scored
     assert default.terms == {"balanced_mse": 1.0, "balanced_mae": 1.0, "soft_csi": 0.5}
     assert default.lead_decay == compose_config("loss=balanced").loss.lead_decay == 0.9
+    matched = compose_config("loss=balanced_matched_csi").loss
+    assert matched.terms == {"balanced_mse": 1.0, "balanced_mae": 1.0, "matched_csi": 0.5}
+    assert matched.soft_csi_thresholds_mmh == default.soft_csi_thresholds_mmh
     combined = compose_config("loss=mse", "+loss.terms.balanced_mae=0.5").loss.terms
     assert combined == {"mse": 1.0, "balanced_mae": 0.5}
 

@@ -145,12 +145,73 @@ def test_soft_csi_from_config_uses_its_own_mm_per_hour_thresholds_and_dbz_width(
     # A loss saved before the soft CSI had thresholds of its own scored at the balanced ones.
     saved_before = {k: v for k, v in loss.get_config().items() if k != "csi_thresholds"}
     assert PixelLoss.from_config(saved_before).csi_thresholds == loss.thresholds
-    with pytest.raises(ValueError, match="soft_csi loss needs at least one threshold"):
+    with pytest.raises(ValueError, match="matched_csi losses need at least one threshold"):
         PixelLoss({"soft_csi": 1.0})
     with pytest.raises(ValueError, match=r"\(loss.soft_csi_thresholds_mmh, loss.soft_csi_width"):
         make_loss(LossConfig(terms={"soft_csi": 1.0}, soft_csi_width_dbz=0.0), norm)
-    with pytest.raises(ValueError, match="soft_csi loss needs at least one threshold"):
+    with pytest.raises(ValueError, match="matched_csi losses need at least one threshold"):
         make_loss(LossConfig(terms={"soft_csi": 1.0}, soft_csi_thresholds_mmh=[]), norm)
+
+
+def _matched_to_observed_amounts(y_true, y_pred):
+    """The forecast as probability matching makes it, with the observed values as reference:
+    each frame's valid pixels take the observed values in the forecast's rank order."""
+    valid = np.isfinite(y_true)
+    matched = np.full_like(y_pred, -1.0)
+    for b, t in np.ndindex(y_true.shape[:2]):
+        inside = valid[b, t]
+        ranks = np.argsort(np.argsort(y_pred[b, t][inside]))
+        matched[b, t][inside] = np.sort(y_true[b, t][inside])[ranks]
+    return matched
+
+
+def test_matched_csi_is_the_csi_of_the_forecast_matched_to_the_observed_amounts_when_sharp():
+    rng = np.random.default_rng(1)
+    y_true = rng.uniform(0, 1, (3, 2, 8, 8, 1)).astype("float32")
+    # Too little rain to pass 0.7 anywhere, but placed partly where it was observed.
+    y_pred = (0.3 * rng.uniform(0, 1, y_true.shape) + 0.2 * y_true).astype("float32")
+    y_true[0, 0, :2] = np.nan  # no data: no rank of rain, no count
+    thresholds = [0.3, 0.7]
+    matched = _matched_to_observed_amounts(y_true, y_pred)
+    expected = []
+    for lead in range(2):
+        per_threshold = []
+        for t in thresholds:
+            yes, observed = matched[:, lead] >= t, np.nan_to_num(y_true[:, lead]) >= t
+            hits = np.sum(yes & observed)
+            misses, false_alarms = np.sum(~yes & observed), np.sum(yes & ~observed)
+            per_threshold.append(1 - (hits + 1) / (hits + misses + false_alarms + 1))
+        expected.append(np.mean(per_threshold))
+    loss = PixelLoss({"matched_csi": 1.0}, thresholds, [1.0, 1.0, 1.0], csi_width=1e-6)
+    np.testing.assert_allclose(float(loss(y_true, y_pred)), np.mean(expected), rtol=1e-5)
+    # Ranks, not amounts: halving the forecast changes nothing; the soft CSI sees no rain.
+    halved = 0.5 * y_pred
+    np.testing.assert_allclose(float(loss(y_true, halved)), np.mean(expected), rtol=1e-5)
+    soft = PixelLoss({"soft_csi": 1.0}, thresholds, [1.0, 1.0, 1.0], csi_width=1e-6)
+    assert float(soft(y_true, halved)) > float(loss(y_true, halved)) + 0.1
+
+
+def test_matched_csi_teaches_ranks_to_a_forecast_below_every_threshold():
+    import tensorflow as tf
+
+    # Observed: rain at 0.8 on the first four pixels. Forecast: a faded field, all below
+    # 0.8, whose wettest four pixels are the last four (false alarms once matched).
+    y_true = keras.ops.convert_to_tensor(
+        np.where(np.arange(16) < 4, 0.8, 0.1).astype("float32")[None, None, :]
+    )
+    faded = np.where(np.arange(16) >= 12, 0.4, 0.3).astype("float32")
+    y_pred = tf.Variable(faded[None, None, :])
+
+    def gradient(terms):
+        loss = PixelLoss(terms, [0.5], [1.0, 1.0], csi_width=2.0 / 70.0)
+        with tf.GradientTape() as tape:
+            value = loss(y_true, y_pred)
+        return tape.gradient(value, y_pred).numpy()[0, 0]
+
+    assert np.all(gradient({"soft_csi": 1.0}) == 0.0)  # three widths below: a clean no
+    matched = gradient({"matched_csi": 1.0})
+    assert matched[12:].min() > 0  # lower the wettest, the false alarms
+    assert matched[:4].max() < 0  # raise the misses toward their ranks
 
 
 def test_a_threshold_a_batch_never_reaches_does_not_push_light_rain_down():
