@@ -72,7 +72,8 @@ class SplitConfig:
     """Train/validation/test split by contiguous blocks of time, never by shuffled windows."""
 
     # Null: the longest of 24, 12, 6, 4, 3, 2, 1.5, 1, 0.5 h or one window's length that gives
-    # every split its windows (nowcast.data.windows.choose_block_hours); the log says which.
+    # every split its windows and, for a list of stores, leaves every store training windows
+    # where a length does (nowcast.data.windows.choose_block_hours); the log says which.
     block_hours: float | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15

@@ -29,6 +29,7 @@ from nowcast.data.windows import (
     longest_run,
     make_windows,
     split_windows,
+    stores_out_of_training,
     window_means,
 )
 from nowcast.units import normalise
@@ -185,33 +186,52 @@ def _split(
 ) -> tuple[dict[str, np.ndarray], float]:
     """The windows of the stores that are not held out, split by blocks of time (of the
     configured length, or of the longest that gives every split its windows, training at
-    least `min_train`), and the length."""
+    least `min_train`, and leaves every store in training where one does), and the length."""
     length = data_cfg.n_in + data_cfg.n_out
     split_cfg = data_cfg.split
+    segments = stores.segments if len(stores.members) > 1 else None
     kwargs = dict(
         window_length=length,
         val_fraction=split_cfg.val_fraction,
         test_fraction=split_cfg.test_fraction,
         events=stores.split_events,
-        segments=stores.segments if len(stores.members) > 1 else None,
+        segments=segments,
     )
     if split_cfg.block_hours is not None:
-        splits = split_windows(stores.times, starts, block_hours=split_cfg.block_hours, **kwargs)
-        return splits, split_cfg.block_hours
-    hours, splits = choose_block_hours(
-        stores.times,
-        starts,
-        minutes_per_frame=stores.minutes_per_frame,
-        min_train=min_train,
-        **kwargs,
+        hours = split_cfg.block_hours
+        splits = split_windows(stores.times, starts, block_hours=hours, **kwargs)
+    else:
+        hours, splits = choose_block_hours(
+            stores.times,
+            starts,
+            minutes_per_frame=stores.minutes_per_frame,
+            min_train=min_train,
+            **kwargs,
+        )
+    left_out = (
+        np.zeros(0, np.int64)
+        if segments is None
+        else stores_out_of_training(segments, starts, splits["train"])
     )
-    log.info(
-        "Split by blocks of %g h, the longest that gives every split its windows "
-        "(data.split.block_hours=<hours> to choose): %s%s",
-        hours,
-        ", ".join(f"{name} {len(chosen)} windows" for name, chosen in splits.items()),
-        ", and the held-out stores' windows to test" if stores.holdout else "",
-    )
+    if split_cfg.block_hours is None:
+        log.info(
+            "Split by blocks of %g h, the longest that gives every split its windows%s "
+            "(data.split.block_hours=<hours> to choose): %s%s",
+            hours,
+            " and every store training windows"
+            if segments is not None and left_out.size == 0
+            else "",
+            ", ".join(f"{name} {len(chosen)} windows" for name, chosen in splits.items()),
+            ", and the held-out stores' windows to test" if stores.holdout else "",
+        )
+    for segment in left_out:
+        log.warning(
+            "%s gives no training windows: its windows went to validation or test in blocks "
+            "of %g h, so the network does not train on it; set a shorter "
+            "data.split.block_hours, or hold it out with data.holdout=[...] to score it",
+            stores.members[segment].path,
+            hours,
+        )
     return splits, hours
 
 
@@ -224,7 +244,8 @@ def select_windows(store: Store | StoreSet, data_cfg: DataConfig) -> WindowSelec
        radars' coverage, `valid_fraction_of`) are left out.
     3. Split by blocks of `split.block_hours` (whole events for stores with events; each
        store's blocks apart in a set); unset, the longest block that gives every split its
-       windows (nowcast.data.windows.choose_block_hours). Every window of a store held out
+       windows and, in a set, every store training windows where one does
+       (nowcast.data.windows.choose_block_hours). Every window of a store held out
        whole (`data.holdout`) goes to the test split.
     4. Training windows whose mean fraction of wet pixels (valid pixels at or above
        `wet_threshold`, store units) is below `min_wet_fraction` are dry: left out when

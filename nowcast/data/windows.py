@@ -334,6 +334,13 @@ def blocks_needed(fractions: dict[str, float]) -> int:
     return n
 
 
+def stores_out_of_training(
+    segments: np.ndarray, starts: np.ndarray, train: np.ndarray
+) -> np.ndarray:
+    """The segments (stores) among the windows `starts` that have no window in `train`."""
+    return np.setdiff1d(segments[starts], segments[train])
+
+
 def choose_block_hours(
     times: np.ndarray,
     starts: np.ndarray,
@@ -349,15 +356,21 @@ def choose_block_hours(
     """The longest block of `BLOCK_HOURS_LADDER` (down to one window's length) that gives every
     split its windows, and the split it gives (see `split_windows`).
 
+    With `segments` (a set of stores), the longest block that also leaves every store some
+    training windows is preferred: on a few short events, long blocks give validation a whole
+    event, and the network then trains on one event fewer. Only when no block length keeps
+    every store in training is the longest that gives every split its windows taken.
+
     Raises:
         SplitError: no block length does; the message names the split left short, what each
             split got with blocks of one window's length, and the shortest archive that would do.
     """
     window_hours = window_length * minutes_per_frame / 60.0
     ladder = [hours for hours in BLOCK_HOURS_LADDER if hours > window_hours] + [window_hours]
+    longest = None
     for hours in ladder:
         try:
-            return hours, split_windows(
+            splits = split_windows(
                 times,
                 starts,
                 window_length=window_length,
@@ -370,6 +383,13 @@ def choose_block_hours(
             )
         except SplitError as err:
             last = err
+            continue
+        if segments is None or stores_out_of_training(segments, starts, splits["train"]).size == 0:
+            return hours, splits
+        if longest is None:
+            longest = hours, splits
+    if longest is not None:
+        return longest
     fractions = _checked_fractions(val_fraction, test_fraction)
     short = next(
         name

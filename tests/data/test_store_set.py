@@ -88,6 +88,18 @@ def test_the_block_length_is_chosen_when_not_given(two_stores, caplog):
     )
 
 
+def test_a_store_left_out_of_training_is_named(two_stores, caplog):
+    split = {"block_hours": 6.0, "val_fraction": 0.5, "test_fraction": 0.0}
+    cfg = _data_cfg(n_in=3, n_out=3, batch_size=2, split=split)
+    with StoreSet(two_stores) as stores, caplog.at_level("WARNING"):
+        selection = select_windows(stores, cfg)  # one block a store: train, then val
+    assert np.all(stores.segments[selection.starts["train"]] == 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{two_stores[1]} gives no training windows")
+    assert "shorter data.split.block_hours" in warnings[0]
+
+
 def test_a_reader_of_whole_frames_refuses_stores_of_two_sizes(two_stores):
     norm = _data_cfg().normalisation
     with pytest.raises(ValueError, match=r"grids of different sizes \(8 x 8, 16 x 12\)"):

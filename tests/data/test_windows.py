@@ -14,6 +14,7 @@ from nowcast.data.windows import (
     longest_run,
     make_windows,
     split_windows,
+    stores_out_of_training,
     times_increase,
     window_means,
 )
@@ -233,6 +234,37 @@ def test_the_block_length_is_the_longest_that_gives_every_split_windows():
     }
     with pytest.raises(SplitError, match="split 'test' received no windows"):
         _split(morning, 17, block_hours=2)  # blocks dealt train, train, val, train
+
+
+def _events_days_apart(frames: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Times and segment ids of one store per event, each `frames` long, ten days apart."""
+    times = np.concatenate([np.arange(n) * STEP + i * 10 * 86400 for i, n in enumerate(frames)])
+    return times, np.repeat(np.arange(len(frames)), frames)
+
+
+def test_on_a_few_short_stores_the_blocks_keep_every_store_in_training():
+    """A 7.6-hour event and two of 3.4 hours, as the shared radar events are: 6-hour blocks
+    would give validation one short event whole; 2-hour blocks take it from the long one."""
+    times, segments = _events_days_apart([92, 41, 41])
+    starts = make_windows(times, n_in=5, n_out=12, minutes_per_frame=5, events=segments)
+    args = dict(window_length=17, val_fraction=0.15, test_fraction=0.0, segments=segments)
+    whole_event = split_windows(times, starts, block_hours=6, **args)
+    assert stores_out_of_training(segments, starts, whole_event["train"]).tolist() == [2]
+    hours, splits = choose_block_hours(times, starts, minutes_per_frame=5, **args)
+    assert hours == 2
+    assert np.bincount(segments[splits["train"]]).tolist() == [56, 25, 25]
+    assert np.bincount(segments[splits["val"]]).tolist() == [4]
+
+
+def test_when_no_block_keeps_every_store_in_training_the_longest_that_splits_is_taken():
+    times, segments = _events_days_apart([17, 17])  # one window each: one must validate
+    starts = make_windows(times, n_in=5, n_out=12, minutes_per_frame=5, events=segments)
+    hours, splits = choose_block_hours(
+        times, starts, window_length=17, minutes_per_frame=5, val_fraction=0.5,
+        test_fraction=0.0, segments=segments,
+    )  # fmt: skip
+    assert hours == 24
+    assert stores_out_of_training(segments, starts, splits["train"]).tolist() == [1]
 
 
 def test_no_block_length_will_do_names_the_split_and_the_archive_that_would():
