@@ -180,4 +180,8 @@ def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> 
     overridden = OmegaConf.from_dotlist(list(overrides))
     cfg = OmegaConf.merge(schema, read_saved_config(saved), overridden)
     cfg.paths.output_dir = str(run_dir)
+    split_file = run_dir / "split.json"
+    if cfg.data.split.block_hours is None and split_file.is_file():
+        # The block length the run chose: a later version's choice must not move its windows.
+        cfg.data.split.block_hours = json.loads(split_file.read_text()).get("block_hours")
     return cfg

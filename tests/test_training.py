@@ -238,6 +238,20 @@ def test_resume_keeps_the_soft_csi_thresholds_of_a_run_saved_before_they_had_a_k
     ]  # fmt: skip
 
 
+def test_resume_keeps_the_block_length_the_run_chose(reference, tmp_path):
+    """A run that chose its block length goes on with it, whatever a later version would
+    choose for the same stores: its validation windows must not become training windows."""
+    saved = OmegaConf.load(reference.run_dir / "config.yaml")
+    saved.data.split.block_hours = None  # chosen by the run
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    assert resume_config(tmp_path).data.split.block_hours is None  # no split.json: choose again
+    split = json.loads((reference.run_dir / "split.json").read_text())
+    (tmp_path / "split.json").write_text(json.dumps(split | {"block_hours": 6.0}))
+    assert resume_config(tmp_path).data.split.block_hours == 6.0
+    overridden = resume_config(tmp_path, ["data.split.block_hours=2"])
+    assert overridden.data.split.block_hours == 2.0
+
+
 class PoisonWeights(keras.callbacks.Callback):
     """Sets the output kernel to NaN before the given step of the given epoch."""
 
