@@ -208,11 +208,7 @@ def _split(
             min_train=min_train,
             **kwargs,
         )
-    left_out = (
-        np.zeros(0, np.int64)
-        if segments is None
-        else stores_out_of_training(segments, starts, splits["train"])
-    )
+    left_out = stores_out_of_training(segments, starts, splits["train"])
     if split_cfg.block_hours is None:
         log.info(
             "Split by blocks of %g h, the longest that gives every split its windows%s "

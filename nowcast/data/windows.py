@@ -335,9 +335,12 @@ def blocks_needed(fractions: dict[str, float]) -> int:
 
 
 def stores_out_of_training(
-    segments: np.ndarray, starts: np.ndarray, train: np.ndarray
+    segments: np.ndarray | None, starts: np.ndarray, train: np.ndarray
 ) -> np.ndarray:
-    """The segments (stores) among the windows `starts` that have no window in `train`."""
+    """The segments (stores) among the windows `starts` that have no window in `train`
+    (none without segments: one store)."""
+    if segments is None:
+        return np.zeros(0, np.int64)
     return np.setdiff1d(segments[starts], segments[train])
 
 
@@ -384,7 +387,7 @@ def choose_block_hours(
         except SplitError as err:
             last = err
             continue
-        if segments is None or stores_out_of_training(segments, starts, splits["train"]).size == 0:
+        if stores_out_of_training(segments, starts, splits["train"]).size == 0:
             return hours, splits
         if longest is None:
             longest = hours, splits
