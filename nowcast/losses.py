@@ -211,7 +211,7 @@ class PixelLoss(keras.losses.Loss):
             total = total * ops.reshape(weights, per_lead)
         axes = tuple(range(1, len(y_true.shape)))
         per_sample = ops.sum(total, axis=axes) / ops.maximum(ops.sum(mask, axis=axes), 1.0)
-        for name in (name for name in CSI_TERMS if name in self.terms):  # a fixed order
+        for name in [term for term in CSI_TERMS if term in self.terms]:  # a fixed order
             per_lead = soft_csi_loss(
                 observation,
                 y_pred,
