@@ -183,5 +183,11 @@ def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> 
     split_file = run_dir / "split.json"
     if cfg.data.split.block_hours is None and split_file.is_file():
         # The block length the run chose: a later version's choice must not move its windows.
-        cfg.data.split.block_hours = json.loads(split_file.read_text()).get("block_hours")
+        try:
+            cfg.data.split.block_hours = json.loads(split_file.read_text()).get("block_hours")
+        except (json.JSONDecodeError, AttributeError):
+            raise ValueError(
+                f"{split_file} is not a split record: cannot tell the block length the run "
+                "chose; pass it, e.g. data.split.block_hours=6, to resume"
+            ) from None
     return cfg

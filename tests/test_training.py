@@ -250,6 +250,10 @@ def test_resume_keeps_the_block_length_the_run_chose(reference, tmp_path):
     assert resume_config(tmp_path).data.split.block_hours == 6.0
     overridden = resume_config(tmp_path, ["data.split.block_hours=2"])
     assert overridden.data.split.block_hours == 2.0
+    (tmp_path / "split.json").write_text('{"store": ')  # cut short
+    with pytest.raises(ValueError, match=r"split.json is not a split record.*block_hours=6"):
+        resume_config(tmp_path)
+    assert resume_config(tmp_path, ["data.split.block_hours=2"]).data.split.block_hours == 2.0
 
 
 class PoisonWeights(keras.callbacks.Callback):
